@@ -1,0 +1,1 @@
+"""Monitoring and maintenance: drift, safety, the retraining policy, the monitor job."""

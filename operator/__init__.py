@@ -1,0 +1,1 @@
+"""The kopf operator: FineTuneJob and ModelDeployment reconciled into KubeRay and vLLM."""

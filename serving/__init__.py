@@ -1,0 +1,1 @@
+"""Serving: vLLM arguments, the OpenAI-compatible gateway, the local CPU engine."""
