@@ -1,0 +1,54 @@
+# Two commands do everything on a fresh machine with Python 3.11+ and pip:
+#   make demo   the seven-stage quickstart, locally
+#   make test   the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast lint crds venv tools clean
+
+# torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
+# would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# promtool (Debian's prometheus package) for alert-rule tests; best effort outside CI.
+tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	  || echo "promtool not installed: alert-rule tests will skip"; }
+
+test: venv tools
+	$(VENV)/bin/kubetune crds check
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests
+
+test-fast: venv
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+crds: venv
+	$(VENV)/bin/kubetune crds generate
+
+demo: venv
+	$(VENV)/bin/kubetune quickstart
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
