@@ -35,14 +35,14 @@ tools:
 
 test: venv tools
 	$(VENV)/bin/kubetune crds check
-	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests
 
 test-fast: venv
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
+# Layer contracts ([tool.importlinter] in pyproject) are checked by tests/api/test_layers.py.
 lint: venv
-	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider tests/api/test_layers.py
 
 crds: venv
 	$(VENV)/bin/kubetune crds generate

@@ -10,7 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import re
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -28,11 +30,23 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS
 ShortStr = Annotated[str, StringConstraints(max_length=253)]
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 Text = Annotated[str, StringConstraints(max_length=32768)]
+
+
+def _check_quantity(value: str | int) -> str | int:
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise ValueError("not a Kubernetes quantity; use forms like 4, 500m, 16Gi")
+    return value
+
+
 Quantity = Annotated[
     str | int,
+    AfterValidator(_check_quantity),
     Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
 ]
 """A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
+
+Timestamp = Annotated[datetime, Field(strict=False)]
+"""RFC 3339 time; parsed from the string form the API server stores."""
 
 FREE_FORM = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
@@ -44,6 +58,7 @@ class KubeModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        strict=True,  # "8" is not 8: the API server's schema would reject it too
         use_attribute_docstrings=True,
         validate_default=False,
     )
@@ -116,7 +131,7 @@ class Condition(KubeModel):
     """A human-readable explanation."""
     observed_generation: int | None = None
     """The .metadata.generation the condition was set for."""
-    last_transition_time: datetime | None = None
+    last_transition_time: Timestamp | None = None
     """When the status last changed."""
 
 

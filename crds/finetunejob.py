@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from .common import (
+    Timestamp,
     FREE_FORM,
     Condition,
     KubeModel,
@@ -382,7 +382,7 @@ class Progress(KubeModel):
     """Non-padding tokens per second over all workers."""
     eta_seconds: Annotated[int, Field(ge=0)] | None = None
     """Estimated seconds to the end of training."""
-    updated_time: datetime | None = None
+    updated_time: Timestamp | None = None
     """When this progress was reported."""
 
 
@@ -447,9 +447,9 @@ class FineTuneJobStatus(KubeModel):
     """Training progress."""
     ray_job_name: ShortStr | None = None
     """Name of the child RayJob (or Job)."""
-    start_time: datetime | None = None
+    start_time: Timestamp | None = None
     """When training first started; from then on the training spec is immutable."""
-    completion_time: datetime | None = None
+    completion_time: Timestamp | None = None
     """When the run finished."""
     attempts: Annotated[int, Field(ge=0)] | None = None
     """Training attempts so far (retries within backoffLimit)."""

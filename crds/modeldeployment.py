@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from .common import (
+    Timestamp,
     Condition,
     KubeModel,
     LocalObjectRef,
@@ -282,7 +282,7 @@ class MonitoringStatus(KubeModel):
     """Logged samples in the window."""
     consecutive_drift_checks: int | None = None
     """Drifted checks in a row."""
-    last_check_time: datetime | None = None
+    last_check_time: Timestamp | None = None
     """When the monitor last ran."""
     report_uri: Uri | None = None
     """HTML drift report."""
@@ -311,7 +311,7 @@ class ModelDeploymentStatus(KubeModel):
     """Canary in progress."""
     monitoring: MonitoringStatus | None = None
     """Latest monitoring figures."""
-    last_deploy_time: datetime | None = None
+    last_deploy_time: Timestamp | None = None
     """When the current model version went live (retraining cooldown starts here)."""
     last_retrain_job: ShortStr | None = None
     """Name of the last FineTuneJob created by retraining."""

@@ -52,7 +52,7 @@ def _describe(err: dict[str, Any]) -> str:
         return "required field is missing"
     if kind == "literal_error":
         return f"got {value!r}, allowed: {ctx.get('expected', '')}"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return f"{msg} (got {type(value).__name__} {value!r})"
     return f"{msg} (got {value!r})"

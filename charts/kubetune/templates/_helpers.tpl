@@ -1,0 +1,125 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubetune.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- end -}}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches, comma-separated; empty means all. */}}
+{{- define "kubetune.watchNamespaces" -}}
+{{- if eq .Values.operator.watch.mode "namespaced" -}}
+{{- if not .Values.operator.watch.namespaces -}}
+{{- fail "operator.watch.mode namespaced needs at least one namespace in operator.watch.namespaces" -}}
+{{- end -}}
+{{- join "," .Values.operator.watch.namespaces -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's permissions on namespaced resources: the same rules go into the ClusterRole
+(cluster mode) or into one Role per watched namespace (namespaced mode). Every rule names its
+resources and verbs; nothing touches Secrets. Per-job Roles the operator creates grant only
+get on finetunejobs and get/patch on finetunejobs/status (and the same on modeldeployments for
+the monitor job), which the operator holds itself, so the API server's escalation check passes
+without the bind or escalate verbs.
+*/}}
+{{- define "kubetune.namespacedRules" -}}
+# Our resources: kopf adds finalizers and bookkeeping annotations (patch); the retraining
+# policy creates the next FineTuneJob (create). Users delete them, the operator never does.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs", "modeldeployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update"]
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs/status", "modeldeployments/status"]
+  verbs: ["get", "patch", "update"]
+# Children the operator renders and owns (created, updated in place, garbage-collected by
+# owner references, deleted on suspend or rollout).
+- apiGroups: [""]
+  resources: ["configmaps", "services", "serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Pods are only read, to report the real cause of a failure (ImagePullBackOff, OOMKilled).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# kopf posts Events on the objects it handles.
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if .Values.integrations.kuberay.enabled }}
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end }}
+{{- if .Values.integrations.kueue.enabled }}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+{{- if .Values.integrations.keda.enabled }}
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end }}
+{{- if .Values.integrations.prometheusOperator.enabled }}
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors", "podmonitors", "prometheusrules"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end }}
+{{- end -}}

@@ -1,0 +1,48 @@
+"""The gateway's Prometheus metrics, named as in docs/contracts.md.
+
+Each gateway owns its registry, so several gateways can live in one process (tests, the
+benchmark) without clashing, and /metrics shows exactly this gateway's series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kubetune_gateway_requests_total", "Requests by served model, adapter and HTTP status.",
+            ["model", "adapter", "status"], registry=r,
+        )
+        self.duration = Histogram(
+            "kubetune_gateway_request_duration_seconds", "Request latency, first byte in to last byte out.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "kubetune_gateway_ttft_seconds", "Time to the first streamed chunk (whole answer when not streaming).",
+            ["model"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.tokens = Counter(
+            "kubetune_gateway_tokens_total", "Tokens in (prompt) and out (completion).",
+            ["model", "direction"], registry=r,
+        )
+        self.safety_flags = Counter(
+            "kubetune_gateway_safety_flags_total", "Responses flagged by the safety scorer, by category.",
+            ["model", "category"], registry=r,
+        )
+        self.canary_weight = Gauge(
+            "kubetune_gateway_canary_weight", "Percent of an adapter's traffic sent to its canary version.",
+            ["adapter"], registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

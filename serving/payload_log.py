@@ -1,0 +1,175 @@
+"""Payload logging for monitoring: sampled, PII-redacted JSON lines with size-based rotation.
+
+The format is the payload log contract of docs/contracts.md. Decisions happen on the event
+loop (cheap), everything slow (redaction, JSON encoding, disk) on one writer thread, so a slow
+disk never delays an answer. Requests that were not sampled stay in a bounded in-memory buffer
+for a while: negative feedback on one of them still writes it. `close()` drains the queue and
+fsyncs, so a SIGTERM loses nothing that was accepted.
+
+A request that was already written and then gets feedback is written again with its
+`feedback`: readers keep the last line per `id`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kubetune.common.pii import redact
+
+log = logging.getLogger("kubetune.serving.payload_log")
+
+_STOP = object()
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RotatingJsonl:
+    """Append JSON lines to `path`; past `max_bytes` it becomes `path.1` (and .1 -> .2 ...)."""
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "ab")
+        self._size = self._fh.tell()
+
+    def write(self, line: bytes) -> None:
+        if self._size and self._size + len(line) > self.max_bytes:
+            self.rotate()
+        self._fh.write(line)
+        self._size += len(line)
+
+    def rotate(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                src = self.path.with_name(f"{self.path.name}.{i}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._fh = open(self.path, "ab")
+        self._size = 0
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+
+class PayloadLogger:
+    """Sampling, the feedback buffer and the writer thread."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        sample_rate: float = 0.1,
+        redact_pii: bool = True,
+        max_bytes: int = 50 * 1024 * 1024,
+        backups: int = 5,
+        buffer_size: int = 10_000,
+        filename: str = "payloads.jsonl",
+        seed: int | None = None,
+    ):
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample rate must be within [0, 1], got {sample_rate}")
+        self.path = Path(directory) / filename
+        self.sample_rate = sample_rate
+        self.redact_pii = redact_pii
+        self.buffer_size = buffer_size
+        self._random = random.Random(seed)
+        self._recent: OrderedDict[str, tuple[dict, bool]] = OrderedDict()  # id -> (record, written)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._file = RotatingJsonl(self.path, max_bytes=max_bytes, backups=backups)
+        self._thread = threading.Thread(target=self._run, name="payload-log-writer", daemon=True)
+        self._closed = False
+        self.written = 0
+        self._thread.start()
+
+    # ---- event-loop side (cheap)
+
+    def record(self, rec: dict) -> bool:
+        """Offer a finished request; returns whether it was sampled (written now)."""
+        sampled = self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
+        self._remember(rec["id"], rec, sampled)
+        if sampled:
+            self._enqueue(rec)
+        return sampled
+
+    def feedback(self, request_id: str, rating: int, comment: str | None) -> bool | None:
+        """Join feedback to a recent request. None: unknown id; True: the record was written."""
+        entry = self._recent.get(request_id)
+        if entry is None:
+            return None
+        rec, written = entry
+        rec = dict(rec, feedback={"rating": rating, "comment": comment})
+        write = written or rating < 0
+        self._remember(request_id, rec, written or write)
+        if write:
+            self._enqueue(rec)
+        return write
+
+    def _remember(self, request_id: str, rec: dict, written: bool) -> None:
+        self._recent[request_id] = (rec, written)
+        self._recent.move_to_end(request_id)
+        while len(self._recent) > self.buffer_size:
+            self._recent.popitem(last=False)
+
+    def _enqueue(self, rec: dict) -> None:
+        if self._closed:
+            log.error("payload log closed; dropping record %s", rec.get("id"))
+            return
+        self._queue.put(rec)
+
+    # ---- writer thread
+
+    def _encode(self, rec: dict) -> bytes:
+        out = dict(rec)
+        if self.redact_pii:
+            for key in ("prompt", "response"):
+                if isinstance(out.get(key), str):
+                    out[key] = redact(out[key]).text
+            fb = out.get("feedback")
+            if isinstance(fb, dict) and isinstance(fb.get("comment"), str):
+                out["feedback"] = dict(fb, comment=redact(fb["comment"]).text)
+        return (json.dumps(out, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            try:
+                self._file.write(self._encode(item))
+                self.written += 1
+                if self._queue.empty():
+                    self._file.flush()
+            except Exception:  # a bad record or a full disk must not kill the writer
+                log.exception("payload log: could not write record %s", item.get("id"))
+        self._file.close()
+
+    def close(self) -> None:
+        """Write everything queued, fsync and stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
