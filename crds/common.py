@@ -30,6 +30,7 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS
 ShortStr = Annotated[str, StringConstraints(max_length=253)]
 Uri = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 Text = Annotated[str, StringConstraints(max_length=32768)]
+PromptText = Annotated[str, StringConstraints(max_length=8192)]
 
 
 def _check_quantity(value: str | int) -> str | int:

@@ -18,6 +18,7 @@ from .common import (
     ShortStr,
     Text,
     Toleration,
+    PromptText,
     Uri,
     list_map,
 )
@@ -243,7 +244,7 @@ class Resources(KubeModel):
     """Trainer image; defaults to the operator's configured trainer image."""
     image_pull_secrets: Annotated[list[LocalObjectRef], Field(max_length=16)] | None = None
     """Secrets for pulling the image."""
-    node_selector: dict[str, ShortStr] | None = None
+    node_selector: Annotated[dict[str, ShortStr], Field(max_length=64)] | None = None
     """Node labels the workers must match (placement; changeable while suspended)."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
     """Tolerations for tainted GPU nodes (placement; changeable while suspended)."""
@@ -267,9 +268,9 @@ class Checkpointing(KubeModel):
 class EvalPrompt(KubeModel):
     """A held-out prompt with its reference answer."""
 
-    prompt: Text
+    prompt: PromptText
     """The user message."""
-    reference: Text | None = None
+    reference: PromptText | None = None
     """Expected answer for exact-match and ROUGE-L."""
 
 
@@ -304,8 +305,8 @@ class Evaluation(KubeModel):
         list[Literal["loss", "perplexity", "exactMatch", "rougeL"]], Field(max_length=8)
     ] = ["loss", "perplexity"]
     """Metrics computed for the base and the tuned model."""
-    prompts: Annotated[list[EvalPrompt], Field(max_length=10000)] | None = None
-    """Held-out prompts for generation metrics."""
+    prompts: Annotated[list[EvalPrompt], Field(max_length=200)] | None = None
+    """Held-out prompts for generation metrics (inline; use promptsUri for larger sets)."""
     prompts_uri: Uri | None = None
     """JSON lines file of `prompt`/`reference` rows, in addition to `prompts`."""
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 128
@@ -559,6 +560,9 @@ MUTABLE_SPEC_FIELDS = ("suspend", "deployTo", "activeDeadlineSeconds", "backoffL
 """Spec fields that may change at any time."""
 PLACEMENT_FIELDS = ("nodeSelector", "tolerations", "affinity", "priorityClassName")
 """resources fields that may change while the job is suspended (as Kueue does)."""
+CEL_PLACEMENT_FIELDS = tuple(f for f in PLACEMENT_FIELDS if f != "affinity")
+"""affinity is free-form, so the API server cannot bound the cost of comparing it in CEL;
+the operator enforces it (`immutable_changes`)."""
 IMMUTABLE_SPEC_FIELDS = tuple(
     f.alias for f in FineTuneJobSpec.model_fields.values() if f.alias not in MUTABLE_SPEC_FIELDS + ("resources",)
 )
@@ -589,7 +593,7 @@ ROOT_RULES_CEL = [
     },
     {
         "rule": f"!({_STARTED}) || self.spec.suspend || ("
-        + " && ".join(_cel_unchanged("spec.resources", f) for f in PLACEMENT_FIELDS)
+        + " && ".join(_cel_unchanged("spec.resources", f) for f in CEL_PLACEMENT_FIELDS)
         + ")",
         "message": "placement (nodeSelector, tolerations, affinity, priorityClassName) may only change while suspended",
         "fieldPath": ".spec.resources",

@@ -98,7 +98,7 @@ class ServingResources(KubeModel):
     """CPU request per replica."""
     memory: Quantity = "16Gi"
     """Memory request per replica."""
-    node_selector: dict[str, ShortStr] | None = None
+    node_selector: Annotated[dict[str, ShortStr], Field(max_length=64)] | None = None
     """Node labels the replicas must match."""
     tolerations: Annotated[list[Toleration], Field(max_length=32)] | None = None
     """Tolerations for tainted GPU nodes."""

@@ -638,3 +638,8 @@ def render_all(inp: RenderInput) -> list[dict[str, Any]]:
 
 def _quantity(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{int(round(value * 1000))}m"
+
+
+def pod_path(uri: str, settings: ServingSettings) -> str:
+    """Where a URI's files are inside the serving pod (what vLLM is told to load)."""
+    return _Storage(settings).pod_path(uri)

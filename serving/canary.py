@@ -3,10 +3,12 @@
 The operator renders the routes into a JSON file (a ConfigMap key) that the gateway re-reads
 when it changes:
 
-    {"routes": [{"adapter": "support", "stable": "support-v1", "canary": "support-v2", "weight": 10}]}
+    {"version": 1, "routes": [{"model": "support", "canary": "support-v2", "weight": 10}]}
 
 Clients keep asking for `support`; `weight` percent of those requests go to `support-v2`, the
-rest to `support-v1`. Both versions are loaded in the engine under their own names.
+rest to `support` itself (the stable version, still served under its own name). Both versions
+are loaded in the engine under their own names. A route may name its stable version apart with
+`"stable": "support-v1"`; `"adapter"` is accepted for `"model"`.
 """
 
 from __future__ import annotations
@@ -48,16 +50,19 @@ def parse_routes(text: str, source: str = "canary config") -> dict[str, CanaryRo
         if not isinstance(item, dict):
             errors.append(f"{where}: expected an object")
             continue
-        for field in ("adapter", "stable", "canary"):
+        item = dict(item)
+        item.setdefault("model", item.get("adapter"))
+        item.setdefault("stable", item.get("model"))
+        for field in ("model", "stable", "canary"):
             if not isinstance(item.get(field), str) or not item.get(field):
                 errors.append(f"{where}.{field}: required, a non-empty string")
         weight = item.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
             errors.append(f"{where}.weight: a number within [0, 100], got {weight!r}")
-        if not errors and item["adapter"] in routes:
-            errors.append(f"{where}.adapter: {item['adapter']!r} appears twice")
+        if not errors and item["model"] in routes:
+            errors.append(f"{where}.model: {item['model']!r} appears twice")
         if not errors:
-            routes[item["adapter"]] = CanaryRoute(item["adapter"], item["stable"], item["canary"], float(weight))
+            routes[item["model"]] = CanaryRoute(item["model"], item["stable"], item["canary"], float(weight))
     if errors:
         raise CanaryConfigError("; ".join(errors))
     return routes

@@ -125,11 +125,15 @@ def prepare(spec, tokenizer, *, base_dir: Path | None = None, log: Callable[[str
         report["redactions"] = {"byKind": counts, "rows": rows, "total": sum(counts.values())}
 
     # 3. tokenise
-    tokenised, too_long = data_tokenize.tokenise_all(
+    result = data_tokenize.tokenise_all(
         examples, tokenizer, template=template, max_seq_length=pre.max_seq_length,
         train_on_prompt=pre.train_on_prompt, objective=objective,
     )
-    report["dropped"]["tooLong"] += too_long
+    tokenised = result.items
+    report["dropped"]["tooLong"] += result.too_long
+    report["dropped"]["templateError"] += len(result.template_errors)
+    for problem in result.template_errors[:data_sources.BAD_ROWS_LOGGED]:
+        log(f"skipped {problem}")
     if not tokenised:
         raise DataError(
             f"no rows left after cleaning, deduplication and the {pre.max_seq_length}-token limit "

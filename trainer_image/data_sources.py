@@ -15,7 +15,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from kubetune.api.uris import local_path, parse_uri
 
@@ -265,6 +265,3 @@ def _add_record(out: LoadedSource, where: str, record: Any) -> None:
     else:
         out.bad.append(BadRow(where, f"expected a JSON object, got {type(record).__name__}"))
 
-
-def iter_origins(loaded: LoadedSource) -> Iterable[str]:
-    return (origin for origin, _ in loaded.records)

@@ -192,7 +192,7 @@ def tokenise_preference(messages: list[dict], chosen: str, rejected: str, tokeni
         tail = full[len(prompt_text):] if full.startswith(prompt_text) else answer
         ids = list(tokenizer(tail.rstrip(), add_special_tokens=False)["input_ids"])
         eos = tokenizer.eos_token_id
-        if eos is not None and eos not in ids[-2:]:
+        if eos is not None and (not ids or ids[-1] != eos):
             ids.append(eos)
         answers.append(ids)
     return PreferenceSample(prompt_ids, answers[0], answers[1])

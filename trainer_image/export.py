@@ -147,7 +147,8 @@ def _target_modules(cfg) -> list[str]:
         return []
     if isinstance(targets, str):
         return [targets]
-    return sorted(targets)
+    # peft expands `all-linear` to full module paths; the manifest lists module names.
+    return sorted({t.rsplit(".", 1)[-1] for t in targets})
 
 
 # ----------------------------------------------------------------------------- weights

@@ -180,3 +180,14 @@ def test_training_spec_immutable_once_started(schemas, change, allowed):
     assert (changed == []) is allowed, changed
     # Before training starts everything may change.
     assert admit(schemas["FineTuneJob"], change(FTJ), old=FTJ) == []
+
+
+def test_affinity_is_guarded_by_the_operator_not_cel(schemas):
+    """Free-form affinity cannot be compared within CEL's cost budget; the operator's check does it."""
+    from kubetune.api import FineTuneJob, immutable_changes
+
+    old = _started(FTJ)
+    new = _started(with_(FTJ, "spec.resources.affinity", {"nodeAffinity": {}}))
+    assert admit(schemas["FineTuneJob"], new, old=old) == []
+    changed = immutable_changes(FineTuneJob.model_validate(old).spec, FineTuneJob.model_validate(new).spec)
+    assert changed == ["spec.resources.affinity"]

@@ -355,6 +355,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         payload = await super()._serve_version(request)
         if isinstance(payload, dict) and request.resource is not None and request.resource.group == "":
             payload["groupVersion"] = request.resource.version  # core is "v1", not "/v1"
+        if isinstance(payload, dict):
+            for entry in payload.get("resources", []):
+                if "/" in entry["name"]:  # subresources carry no short names or categories
+                    entry["shortNames"], entry["categories"] = [], []
+                    entry["verbs"] = ["get", "patch", "update"]
         return payload
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:

@@ -1,0 +1,168 @@
+"""The drift check: reference pairs vs a window of served pairs, to one JSON summary and an HTML report.
+
+Signals per text column (prompt, response): four descriptor distributions (length, word count,
+non-letter share, sentiment), text content (TF-IDF domain classifier) and sentence embeddings
+(domain classifier on all-MiniLM-L6-v2 vectors). The deployment counts as drifted when the share
+of drifted signals reaches the threshold, or when both content signals of one column (TF-IDF
+and embeddings) agree: a topic shift rarely moves lengths or sentiment, so counting it only by
+share would hide the drift users care about most.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .records import Record
+from .safety_figures import safety_figures
+
+INSUFFICIENT = "insufficient samples"
+
+
+@dataclass
+class DriftOptions:
+    drift_share: float = 0.5
+    """Share of drifted signals at which the window counts as drifted."""
+    min_samples: int = 200
+    """Fewer pairs than this on either side: insufficient samples, never drifted."""
+    embeddings: bool = True
+    embedding_sample: int = 1000
+    """Pairs per side embedded (a seeded sample); embedding 10k texts takes minutes on a CPU."""
+    max_rows: int = 50_000
+    """Pairs per side fed to the descriptor and content drift (a seeded sample beyond this)."""
+    seed: int = 0
+    log: Callable[[str], None] = field(default=lambda _m: None)
+
+
+@dataclass
+class DriftResult:
+    summary: dict[str, Any]
+    run: Any = None
+    """The Evidently run (for the HTML report); None when the window was too small."""
+
+    @property
+    def drift_detected(self) -> bool:
+        return bool(self.summary["drift_detected"])
+
+    def write_html(self, path: Path) -> None:
+        from .files import atomic_write
+
+        if self.run is None:
+            from .files import atomic_write_text
+
+            atomic_write_text(path, _insufficient_html(self.summary))
+            return
+        atomic_write(path, lambda tmp: _save_html(self.run, tmp))
+
+
+def _save_html(run, tmp: Path) -> None:
+    # Evidently picks the format by extension; write to an .html name inside the temp sibling.
+    html = tmp.with_name(tmp.name + ".html")
+    try:
+        run.save_html(html)
+        html.replace(tmp)
+    finally:
+        html.unlink(missing_ok=True)
+
+
+def _insufficient_html(summary: dict) -> str:
+    s = summary["samples"]
+    return (
+        "<!doctype html><title>kubetune drift: insufficient samples</title>"
+        f"<h1>Insufficient samples</h1><p>reference {s['reference']}, current {s['current']}; "
+        f"at least {summary['thresholds']['minSamples']} needed on each side. Drift was not evaluated.</p>"
+    )
+
+
+def _sample(records: Sequence[Record], n: int, seed: int) -> list[Record]:
+    if len(records) <= n:
+        return list(records)
+    return random.Random(seed).sample(list(records), n)
+
+
+def _columns(reference: Sequence[Record], current: Sequence[Record]) -> list[str]:
+    columns = ["prompt"]
+    if any(r.response for r in reference) and any(r.response for r in current):
+        columns.append("response")
+    return columns
+
+
+def compare(reference: Sequence[Record], current: Sequence[Record], options: DriftOptions | None = None) -> DriftResult:
+    """Drift and safety figures of `current` against `reference`."""
+    options = options or DriftOptions()
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "status": "ok",
+        "drift_detected": False,
+        "drift_share": None,
+        "signals": {},
+        "samples": {"reference": len(reference), "current": len(current)},
+        "thresholds": {"driftShare": options.drift_share, "minSamples": options.min_samples},
+        "safety": safety_figures(current).to_json(),
+        "checkedTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if min(len(reference), len(current)) < options.min_samples:
+        summary["status"] = "insufficient_samples"
+        summary["message"] = (
+            f"{INSUFFICIENT}: reference {len(reference)}, current {len(current)}, "
+            f"need at least {options.min_samples} on each side; drift not evaluated"
+        )
+        return DriftResult(summary)
+
+    import pandas as pd
+
+    from .evidently_adapter import TextDriftRun, embedding_drift
+
+    ref = _sample(reference, options.max_rows, options.seed)
+    cur = _sample(current, options.max_rows, options.seed + 1)
+    columns = _columns(ref, cur)
+    ref_df = pd.DataFrame({"prompt": [r.prompt for r in ref], "response": [r.response for r in ref]})
+    cur_df = pd.DataFrame({"prompt": [r.prompt for r in cur], "response": [r.response for r in cur]})
+    options.log(f"descriptor and text-content drift on {len(ref)} + {len(cur)} rows ({', '.join(columns)})")
+    run = TextDriftRun(ref_df, cur_df, columns)
+    signals = run.signals()
+    notes = list(run.notes)
+
+    if options.embeddings:
+        from .embeddings import encode
+
+        ref_e = _sample(ref, options.embedding_sample, options.seed + 2)
+        cur_e = _sample(cur, options.embedding_sample, options.seed + 3)
+        for col in columns:
+            options.log(f"embedding {len(ref_e)} + {len(cur_e)} {col}s")
+            ref_vec = encode([getattr(r, col) for r in ref_e])
+            cur_vec = encode([getattr(r, col) for r in cur_e])
+            signals.append(embedding_drift(f"{col}.embedding", ref_vec, cur_vec))
+
+    scored = [s for s in signals if s.score is not None]
+    drifted = [s for s in scored if s.drifted]
+    share = len(drifted) / len(scored) if scored else 0.0
+    by_name = {s.name: s for s in signals}
+    topic_shift = [
+        col
+        for col in columns
+        if by_name.get(f"{col}.content") is not None
+        and by_name.get(f"{col}.embedding") is not None
+        and by_name[f"{col}.content"].drifted
+        and by_name[f"{col}.embedding"].drifted
+    ]
+    detected = share >= options.drift_share or bool(topic_shift)
+    reasons = []
+    if share >= options.drift_share:
+        reasons.append(f"{len(drifted)} of {len(scored)} signals drifted (share {share:.2f} >= {options.drift_share})")
+    for col in topic_shift:
+        reasons.append(f"{col} content drifted on both TF-IDF and embeddings")
+    summary.update(
+        drift_detected=detected,
+        drift_share=round(share, 4),
+        signals={s.name: s.to_json() for s in signals},
+        message="; ".join(reasons) if reasons else f"no drift ({len(drifted)} of {len(scored)} signals drifted)",
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    if notes:
+        summary["notes"] = notes
+    return DriftResult(summary, run)

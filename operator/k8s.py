@@ -1,0 +1,300 @@
+"""The only module of the operator that talks to the Kubernetes API.
+
+Blocking `kubernetes` client calls run in a bounded thread pool off the event loop.
+Objects are plain dicts (the renderers' output); paths are built from apiVersion + plural,
+so CRDs (RayJob, FineTuneJob) and core kinds go through the same code. Errors are typed:
+`NotFound`, `Conflict`/`AlreadyExists`, `Invalid`, `Forbidden`, `ServerError`; the
+transient ones (409, 429, 5xx, connection failures) are also `kopf.TemporaryError`, so a
+handler that lets them through is retried by kopf with a backoff instead of crashing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class KubeError(Exception):
+    """An API call failed; `status` is the HTTP status (0 when no answer came)."""
+
+    def __init__(self, status: int, reason: str, message: str, *, method: str = "", path: str = ""):
+        self.status, self.reason, self.message, self.method, self.path = status, reason, message, method, path
+        super().__init__(f"{method} {path}: {status} {reason}: {message}".strip())
+
+
+class TransientKubeError(KubeError, kopf.TemporaryError):
+    """Worth retrying: kopf retries the handler after `delay` seconds (with jitter)."""
+
+    default_delay = 2.0
+
+    def __init__(self, status: int, reason: str, message: str, *, method: str = "", path: str = ""):
+        KubeError.__init__(self, status, reason, message, method=method, path=path)
+        kopf.TemporaryError.__init__(self, str(self), delay=self.default_delay * (1 + random.random() / 2))
+
+
+class NotFound(KubeError):
+    """404."""
+
+
+class Invalid(KubeError):
+    """400 or 422: the request itself is wrong; retrying will not help."""
+
+
+class Forbidden(KubeError):
+    """401 or 403: RBAC does not allow it (see the chart's ClusterRole)."""
+
+
+class Conflict(TransientKubeError):
+    """409: someone else changed the object; re-read and retry."""
+
+    default_delay = 1.0
+
+
+class AlreadyExists(Conflict):
+    """409 on create: an object with that name exists."""
+
+
+class ServerError(TransientKubeError):
+    """429, 5xx or no answer at all."""
+
+    default_delay = 3.0
+
+
+def error_for(status: int, reason: str, message: str, *, method: str = "", path: str = "") -> KubeError:
+    """The typed exception for an HTTP status."""
+    kwargs = {"method": method, "path": path}
+    if status == 404:
+        return NotFound(status, reason, message, **kwargs)
+    if status == 409:
+        cls = AlreadyExists if reason == "AlreadyExists" else Conflict
+        return cls(status, reason, message, **kwargs)
+    if status in (400, 422):
+        return Invalid(status, reason, message, **kwargs)
+    if status in (401, 403):
+        return Forbidden(status, reason, message, **kwargs)
+    if status == 429 or status >= 500 or status == 0:
+        return ServerError(status, reason, message, **kwargs)
+    return KubeError(status, reason, message, **kwargs)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where objects of one kind live in the API."""
+
+    api_version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
+        path = f"{base}/namespaces/{namespace}/{self.plural}" if self.namespaced and namespace else f"{base}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+KINDS: dict[str, Resource] = {
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Secret": Resource("v1", "secrets"),
+    "Service": Resource("v1", "services"),
+    "ServiceAccount": Resource("v1", "serviceaccounts"),
+    "Pod": Resource("v1", "pods"),
+    "PersistentVolumeClaim": Resource("v1", "persistentvolumeclaims"),
+    "Event": Resource("v1", "events"),
+    "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": Resource("batch/v1", "jobs"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
+    "RayJob": Resource("ray.io/v1", "rayjobs"),
+    "RayCluster": Resource("ray.io/v1", "rayclusters"),
+    "FineTuneJob": Resource("kubetune.io/v1alpha1", "finetunejobs"),
+    "ModelDeployment": Resource("kubetune.io/v1alpha1", "modeldeployments"),
+    "ServiceMonitor": Resource("monitoring.coreos.com/v1", "servicemonitors"),
+    "PrometheusRule": Resource("monitoring.coreos.com/v1", "prometheusrules"),
+    "ScaledObject": Resource("keda.sh/v1alpha1", "scaledobjects"),
+    "CronJob": Resource("batch/v1", "cronjobs"),
+}
+
+
+def resource_for(kind: str, api_version: str | None = None) -> Resource:
+    """The Resource of a kind we manage; KeyError names the kind when it is unknown."""
+    try:
+        res = KINDS[kind]
+    except KeyError:
+        raise KeyError(f"kind {kind!r} is not known to kubetune.operator.k8s.KINDS") from None
+    if api_version and api_version != res.api_version:
+        return Resource(api_version, res.plural, res.namespaced)
+    return res
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """A kubernetes ApiClient: in-cluster service account, else KUBECONFIG / ~/.kube/config."""
+    import kubernetes
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config = kubernetes.client.Configuration()
+        kubernetes.config.load_incluster_config(client_configuration=config)
+        return kubernetes.client.ApiClient(config)
+    return kubernetes.config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+
+
+class KubeApi:
+    """Async CRUD over plain dicts, plus idempotent apply-by-name and discovery checks."""
+
+    def __init__(self, api_client: Any = None, *, threads: int = 16, timeout: float = 30.0):
+        self._api_client = api_client
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-api")
+        self._timeout = timeout
+        self._discovery: dict[str, set[str] | None] = {}
+
+    @property
+    def api_client(self) -> Any:
+        if self._api_client is None:
+            self._api_client = load_api_client()
+            pool = self._api_client.rest_client.pool_manager
+            pool.connection_pool_kw["maxsize"] = max(pool.connection_pool_kw.get("maxsize") or 1, self._executor._max_workers)
+        return self._api_client
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._api_client is not None:
+            self._api_client.close()
+
+    # ------------------------------------------------------------------ raw
+
+    def _call_sync(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+                   content_type: str = "application/json") -> Any:
+        client = self.api_client
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = client.param_serialize(
+            method=method, resource_path=path, query_params=list((query or {}).items()),
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        try:
+            resp = client.call_api(*params, _request_timeout=self._timeout)
+        except Exception as exc:  # urllib3 connection errors and the like
+            raise error_for(0, type(exc).__name__, str(exc), method=method, path=path) from exc
+        data = resp.read()
+        try:
+            payload = json.loads(data) if data else None
+        except ValueError:
+            payload = None
+        if not 200 <= resp.status < 300:
+            reason = (payload or {}).get("reason") if isinstance(payload, dict) else None
+            message = (payload or {}).get("message") if isinstance(payload, dict) else None
+            raise error_for(resp.status, reason or resp.reason or "", message or (data or b"").decode(errors="replace")[:500],
+                            method=method, path=path)
+        return payload
+
+    async def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+                   content_type: str = "application/json") -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self._call_sync(method, path, body, query, content_type))
+
+    # ------------------------------------------------------------------ verbs
+
+    async def get(self, res: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return await self.call("GET", res.path(namespace, name))
+        except NotFound:
+            return None
+
+    async def list(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector} if label_selector else None
+        try:
+            payload = await self.call("GET", res.path(namespace), query=query)
+        except NotFound:
+            return []  # the kind is not installed: nothing of it exists
+        return list(payload.get("items") or [])
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        res = resource_for(obj["kind"], obj.get("apiVersion"))
+        namespace = obj.get("metadata", {}).get("namespace")
+        return await self.call("POST", res.path(namespace), body=obj)
+
+    async def patch(self, res: Resource, namespace: str | None, name: str, patch: Any, *,
+                    subresource: str | None = None, content_type: str = MERGE_PATCH) -> dict[str, Any]:
+        return await self.call("PATCH", res.path(namespace, name, subresource), body=patch, content_type=content_type)
+
+    async def patch_status(self, res: Resource, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource."""
+        return await self.patch(res, namespace, name, {"status": status}, subresource="status")
+
+    async def delete(self, res: Resource, namespace: str | None, name: str, *, propagation: str = "Background") -> bool:
+        """Delete; False if it was already gone."""
+        try:
+            await self.call("DELETE", res.path(namespace, name), body={"propagationPolicy": propagation})
+            return True
+        except NotFound:
+            return False
+
+    async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the object, or merge-patch it to the desired state if it exists: (object, created).
+
+        Names are deterministic, so repeating an apply (a retried handler, a restarted
+        operator) never creates a duplicate. Only the fields we render are patched.
+        """
+        try:
+            return await self.create(obj), True
+        except AlreadyExists:
+            pass
+        res = resource_for(obj["kind"], obj.get("apiVersion"))
+        meta = obj["metadata"]
+        patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+        patch["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+        return await self.patch(res, meta.get("namespace"), meta["name"], patch), False
+
+    async def served_resources(self, api_version: str) -> set[str] | None:
+        """Plurals served under a group/version (cached), or None when it is not served."""
+        if api_version in self._discovery and self._discovery[api_version] is not None:
+            return self._discovery[api_version]
+        path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+        try:
+            payload = await self.call("GET", path)
+        except NotFound:
+            self._discovery[api_version] = None  # re-checked next time: it may get installed
+            return None
+        plurals = {r["name"] for r in payload.get("resources", []) if "/" not in r["name"]}
+        self._discovery[api_version] = plurals
+        return plurals
+
+    async def has_resource(self, api_version: str, plural: str) -> bool:
+        plurals = await self.served_resources(api_version)
+        return plurals is not None and plural in plurals

@@ -1,0 +1,141 @@
+"""Operator settings, read once from the environment (12-factor, as a Deployment sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+DEFAULT_GATEWAY_IMAGE = "ghcr.io/kubetune/gateway:0.1.0"
+DEFAULT_RAY_VERSION = "2.50.0"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the operator cannot use; the message names it."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator is configured with; `from_env()` builds it."""
+
+    namespaces: tuple[str, ...] = ()
+    """Watched namespaces (KUBETUNE_NAMESPACES, comma list); empty means cluster-wide."""
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Default trainer image (KUBETUNE_TRAINER_IMAGE); a job's resources.image wins."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    """vLLM server image (KUBETUNE_VLLM_IMAGE)."""
+    gateway_image: str = DEFAULT_GATEWAY_IMAGE
+    """Gateway image (KUBETUNE_GATEWAY_IMAGE)."""
+    image_pull_policy: str = "IfNotPresent"
+    """KUBETUNE_IMAGE_PULL_POLICY."""
+    ray_version: str = DEFAULT_RAY_VERSION
+    """rayVersion written into RayJobs (KUBETUNE_RAY_VERSION)."""
+    head_cpu: str = "1"
+    """CPU of the Ray head pod, which only schedules (KUBETUNE_HEAD_CPU)."""
+    head_memory: str = "4Gi"
+    """Memory of the Ray head pod (KUBETUNE_HEAD_MEMORY)."""
+    pvc_root: str = "/mnt/pvc"
+    """Where pvc:// claims are mounted in training pods (KUBETUNE_PVC_ROOT)."""
+    model_cache: str = "/models"
+    """Where hub-style model names are looked up in pods (KUBETUNE_MODEL_CACHE)."""
+    model_cache_claim: str = ""
+    """A PVC holding the model cache, mounted read-only at model_cache (KUBETUNE_MODEL_CACHE_PVC)."""
+    ttl_seconds_after_finished: int = 3600
+    """How long KubeRay keeps a finished Ray cluster (KUBETUNE_TTL_SECONDS_AFTER_FINISHED)."""
+    resync_seconds: float = 30.0
+    """Interval of the level-based timer that re-reads children (KUBETUNE_RESYNC_SECONDS)."""
+    enable_keda: bool = False
+    """Render KEDA ScaledObjects for serving autoscaling (KUBETUNE_ENABLE_KEDA)."""
+    metrics_port: int = 8080
+    """Prometheus metrics port (KUBETUNE_METRICS_PORT); 0 disables."""
+    liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
+    """kopf's liveness endpoint (KUBETUNE_LIVENESS)."""
+    log_format: str = "json"
+    """json or plain (KUBETUNE_LOG_FORMAT)."""
+    api_threads: int = 16
+    """Threads running blocking Kubernetes API calls (KUBETUNE_API_THREADS)."""
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels put on every child (KUBETUNE_EXTRA_LABELS, k=v comma list)."""
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings; raises SettingsError naming the variable on a bad value."""
+        env = os.environ if env is None else env
+        extra: dict[str, str] = {}
+        for pair in _list(env, "KUBETUNE_EXTRA_LABELS"):
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise SettingsError(f"KUBETUNE_EXTRA_LABELS: {pair!r} is not key=value")
+            extra[key.strip()] = value.strip()
+        log_format = env.get("KUBETUNE_LOG_FORMAT", "json").strip() or "json"
+        if log_format not in ("json", "plain"):
+            raise SettingsError(f"KUBETUNE_LOG_FORMAT={log_format!r}: expected json or plain")
+        return cls(
+            namespaces=_list(env, "KUBETUNE_NAMESPACES"),
+            trainer_image=env.get("KUBETUNE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
+            vllm_image=env.get("KUBETUNE_VLLM_IMAGE") or DEFAULT_VLLM_IMAGE,
+            gateway_image=env.get("KUBETUNE_GATEWAY_IMAGE") or DEFAULT_GATEWAY_IMAGE,
+            image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY") or "IfNotPresent",
+            ray_version=env.get("KUBETUNE_RAY_VERSION") or DEFAULT_RAY_VERSION,
+            head_cpu=env.get("KUBETUNE_HEAD_CPU") or "1",
+            head_memory=env.get("KUBETUNE_HEAD_MEMORY") or "4Gi",
+            pvc_root=env.get("KUBETUNE_PVC_ROOT") or "/mnt/pvc",
+            model_cache=env.get("KUBETUNE_MODEL_CACHE") or "/models",
+            model_cache_claim=env.get("KUBETUNE_MODEL_CACHE_PVC") or "",
+            ttl_seconds_after_finished=_int(env, "KUBETUNE_TTL_SECONDS_AFTER_FINISHED", 3600),
+            resync_seconds=_float(env, "KUBETUNE_RESYNC_SECONDS", 30.0, minimum=0.1),
+            enable_keda=_bool(env, "KUBETUNE_ENABLE_KEDA", False),
+            metrics_port=_int(env, "KUBETUNE_METRICS_PORT", 8080),
+            liveness_endpoint=env.get("KUBETUNE_LIVENESS", "http://0.0.0.0:8081/healthz"),
+            log_format=log_format,
+            api_threads=_int(env, "KUBETUNE_API_THREADS", 16, minimum=1),
+            extra_labels=extra,
+        )

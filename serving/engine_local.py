@@ -1,0 +1,409 @@
+"""The local CPU engine: a base model and its PEFT adapters behind vLLM's OpenAI API.
+
+It answers the same endpoints as vLLM's OpenAI server, including the runtime LoRA API
+(`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, with vLLM's request shape), so the
+gateway and the operator's adapter client work against either. Generation runs on one worker
+thread, one request at a time (a CPU has nothing to gain from interleaving), and never on the
+event loop; streamed tokens cross back to the loop through an asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from .errors import ApiError, openai_errors
+from .openai_shapes import content_text, validate_request
+
+log = logging.getLogger("kubetune.serving.engine")
+
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass
+class GenerationJob:
+    kind: str  # chat | completion
+    model: str  # served name: the base or an adapter
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def _adapter_dir_problem(path: Path) -> str | None:
+    if not path.is_dir():
+        return f"adapter folder {path} does not exist"
+    if not (path / "adapter_config.json").is_file():
+        return f"{path} holds no adapter_config.json: not a PEFT adapter folder"
+    return None
+
+
+class LocalEngine:
+    """Loads the model once; every call that touches it runs on the single worker thread."""
+
+    def __init__(self, model_dir: str | os.PathLike, *, served_name: str | None = None,
+                 adapters: dict[str, str] | None = None, max_model_len: int | None = None,
+                 trust_remote_code: bool = False, dtype: str = "float32", threads: int | None = None):
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"--model {self.model_dir}: no config.json there; expected a Hugging Face model folder")
+        self.served_name = served_name or self.model_dir.name
+        self.trust_remote_code = trust_remote_code
+        self.dtype = dtype
+        self.threads = threads
+        self._max_model_len = max_model_len
+        self.adapters: dict[str, str] = {}  # name -> path
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.created = int(time.time())
+        self._load_base()
+        for name, path in (adapters or {}).items():
+            self._load_adapter(name, path)
+
+    # ------------------------------------------------------------------ model handling (worker thread)
+
+    def _load_base(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=self.trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=getattr(torch, self.dtype), trust_remote_code=self.trust_remote_code
+        )
+        self.model.eval()
+        config = self.model.config
+        self.max_model_len = self._max_model_len or getattr(config, "max_position_embeddings", None) or 2048
+        self.eos_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (self.eos_ids or [0])[0]
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        from peft import PeftModel
+
+        if name == self.served_name or name in self.adapters:
+            raise ApiError(400, f"The lora adapter '{name}' has already been loaded.", param="lora_name")
+        problem = _adapter_dir_problem(Path(path))
+        if problem:
+            raise ApiError(400, f"cannot load adapter '{name}': {problem}", param="lora_path")
+        try:
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                self.model.load_adapter(path, adapter_name=name)
+        except Exception as exc:  # shape mismatch, wrong base model, bad safetensors
+            raise ApiError(400, f"cannot load adapter '{name}' from {path}: {exc.__class__.__name__}: {exc}",
+                           param="lora_path") from None
+        self.model.eval()
+        self.adapters[name] = str(path)
+        log.info("loaded adapter %s from %s", name, path)
+
+    def _unload_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ApiError(404, f"The lora adapter '{name}' cannot be found.", param="lora_name")
+        if len(self.adapters) == 1:
+            self.model = self.model.unload()  # back to the plain base model
+        else:
+            if self.model.active_adapter == name:
+                self.model.set_adapter(next(a for a in self.adapters if a != name))
+            self.model.delete_adapter(name)
+        del self.adapters[name]
+        log.info("unloaded adapter %s", name)
+
+    def _generate(self, job: GenerationJob, on_text=None) -> GenerationResult:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
+
+        if job.model != self.served_name and job.model not in self.adapters:
+            raise ApiError(404, f"The model `{job.model}` does not exist.", param="model", code="model_not_found")
+        streamer = _DeltaStreamer(self.tokenizer, job, on_text)
+        kwargs = dict(
+            max_new_tokens=job.max_tokens,
+            do_sample=job.temperature > 0,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_ids or None,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+        )
+        if job.temperature > 0:
+            kwargs.update(temperature=job.temperature, top_p=job.top_p, top_k=0)
+        if job.seed is not None:
+            torch.manual_seed(job.seed)
+        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long)
+        try:
+            with torch.inference_mode():
+                if self.adapters and job.model == self.served_name:
+                    with self.model.disable_adapter():
+                        output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                                     **kwargs)
+                else:
+                    if self.adapters:
+                        self.model.set_adapter(job.model)
+                    output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                                 **kwargs)
+        finally:
+            streamer.end()
+        generated = output[0, len(job.prompt_ids):].tolist()
+        hit_eos = bool(generated) and generated[-1] in self.eos_ids
+        finish = "stop" if hit_eos or streamer.stopped or len(generated) < job.max_tokens else "length"
+        return GenerationResult(streamer.text, len(job.prompt_ids), len(generated), finish)
+
+    # ------------------------------------------------------------------ requests -> jobs (event loop)
+
+    def _job(self, kind: str, body: dict) -> GenerationJob:
+        validate_request(kind, body, max_tokens_limit=None)
+        if body.get("n", 1) != 1:
+            raise ApiError(400, "this engine generates one choice per request: `n` must be 1", param="n")
+        if kind == "chat":
+            messages = [{"role": m["role"], "content": content_text(m.get("content"))} for m in body["messages"]]
+            if not self.tokenizer.chat_template:
+                raise ApiError(400, f"model {self.served_name!r} has no chat template: use /v1/completions",
+                               param="messages")
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt = body["prompt"]
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise ApiError(400, "this engine takes one prompt per request", param="prompt")
+                prompt = prompt[0]
+            prompt_ids = self.tokenizer(prompt)["input_ids"]
+        room = self.max_model_len - len(prompt_ids)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if room < 1 or (max_tokens and max_tokens > room):
+            raise ApiError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                                f"requested {len(prompt_ids) + (max_tokens or 1)} tokens ({len(prompt_ids)} in the "
+                                f"messages, {max_tokens or 1} in the completion).", param="max_tokens")
+        temperature = body.get("temperature", 1.0)
+        top_p = body.get("top_p", 1.0)
+        for name, value, low, high in (("temperature", temperature, 0, 2), ("top_p", top_p, 0, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ApiError(400, f"`{name}` must be a number within [{low}, {high}], got {value!r}", param=name)
+        stop = body.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise ApiError(400, "`stop` must be a string or a list of strings", param="stop")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ApiError(400, "`seed` must be an integer", param="seed")
+        return GenerationJob(kind, body["model"], prompt_ids, max_tokens or min(DEFAULT_MAX_TOKENS, room),
+                             float(temperature), float(top_p), seed, stop)
+
+    def model_cards(self) -> list[dict]:
+        base = {"id": self.served_name, "object": "model", "created": self.created, "owned_by": "kubetune",
+                "root": str(self.model_dir), "parent": None, "max_model_len": self.max_model_len}
+        return [base] + [
+            {"id": name, "object": "model", "created": self.created, "owned_by": "kubetune", "root": path,
+             "parent": self.served_name}
+            for name, path in self.adapters.items()
+        ]
+
+    # ------------------------------------------------------------------ HTTP
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[openai_errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/load_lora_adapter", self.load_lora_adapter)
+        app.router.add_post("/v1/unload_lora_adapter", self.unload_lora_adapter)
+        app.on_cleanup.append(self._shutdown)
+        return app
+
+    async def _shutdown(self, _app) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": self.model_cards()})
+
+    async def _json(self, request: web.Request):
+        try:
+            return json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"malformed JSON in request body: {exc}") from None
+
+    async def load_lora_adapter(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        name, path = (body.get("lora_name"), body.get("lora_path")) if isinstance(body, dict) else (None, None)
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise ApiError(400, "Both 'lora_name' and 'lora_path' must be provided.")
+        await self._run(self._load_adapter, name, path)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def unload_lora_adapter(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        name = body.get("lora_name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "'lora_name' needs to be provided to unload a LoRA adapter.")
+        await self._run(self._unload_adapter, name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "completion")
+
+    async def _complete(self, request: web.Request, kind: str) -> web.StreamResponse:
+        body = await self._json(request)
+        job = self._job(kind, body)
+        if job.model != self.served_name and job.model not in self.adapters:
+            raise ApiError(404, f"The model `{job.model}` does not exist.", param="model", code="model_not_found")
+        rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
+        if body.get("stream"):
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await self._stream(request, job, rid, usage)
+        result = await self._run(self._generate, job)
+        usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                 "total_tokens": result.prompt_tokens + result.completion_tokens}
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
+                      "finish_reason": result.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None}
+            obj = "text_completion"
+        return web.json_response({"id": rid, "object": obj, "created": int(time.time()), "model": job.model,
+                                  "choices": [choice], "usage": usage})
+
+    async def _stream(self, request: web.Request, job: GenerationJob, rid: str, include_usage: bool):
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def on_text(piece):  # worker thread -> event loop
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+        future = loop.run_in_executor(self.executor, self._generate, job, on_text)
+        created = int(time.time())
+        chat = job.kind == "chat"
+        obj = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(delta_text: str | None, finish: str | None = None, role: bool = False) -> bytes:
+            if chat:
+                delta = {"role": "assistant", "content": ""} if role else ({} if delta_text is None else {"content": delta_text})
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+            chunk = {"id": rid, "object": obj, "created": created, "model": job.model, "choices": [choice]}
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        try:
+            if chat:
+                await response.write(event(None, role=True))
+            while True:
+                piece = await queue.get()
+                if piece is None:
+                    break
+                await response.write(event(piece))
+            try:
+                result = await future
+            except ApiError as exc:
+                await response.write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
+                await response.write_eof()
+                return response
+            await response.write(event(None if chat else "", finish=result.finish_reason))
+            if include_usage:
+                usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                         "total_tokens": result.prompt_tokens + result.completion_tokens}
+                await response.write(b"data: " + json.dumps({"id": rid, "object": obj, "created": created,
+                                                              "model": job.model, "choices": [],
+                                                              "usage": usage}).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            job.cancelled.set()  # the client left: stop generating for it
+            raise
+        return response
+
+
+class _DeltaStreamer:
+    """transformers streamer: decodes new tokens to text deltas, holds back split UTF-8, applies stops."""
+
+    def __init__(self, tokenizer, job: GenerationJob, on_text):
+        self.tokenizer = tokenizer
+        self.job = job
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.sent = 0
+        self.text = ""
+        self.prompt_seen = False
+        self.stopped = False
+        self.ended = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        if self.stopped:
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if full.endswith("\ufffd"):
+            return  # a multi-byte character is not complete yet
+        for stop in self.job.stop:
+            at = full.find(stop)
+            if at != -1:
+                full = full[:at]
+                self.stopped = True
+                self.job.cancelled.set()
+        self._emit(full)
+
+    def _emit(self, full: str) -> None:
+        if len(full) > self.sent:
+            piece = full[self.sent:]
+            self.sent = len(full)
+            self.text = full
+            if self.on_text:
+                self.on_text(piece)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if not self.stopped and self.ids:
+            self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if self.on_text:
+            self.on_text(None)
+
+
+def _eos_ids(*values) -> list[int]:
+    ids: list[int] = []
+    for v in values:
+        for i in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(i, int) and i not in ids:
+                ids.append(i)
+    return ids

@@ -1,0 +1,490 @@
+"""The OpenAI-compatible gateway in front of an engine (vLLM's OpenAI server or our local one).
+
+One aiohttp server; one pooled keep-alive client session to the upstream. Streams are passed
+through event by event (never re-chunked) and only looked at after the fact, for token counts,
+the payload log and safety scoring. In `block` mode a stream is held back until it is scored:
+a stream that was already sent cannot be taken back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from kubetune.common.safety import SafetyScore, make_scorer
+
+from .auth import KeyFile, bearer_token
+from .canary import CanaryRouter
+from .errors import ApiError, normalise_error_body, openai_errors
+from .metrics import GatewayMetrics
+from .openai_shapes import chunk_text, flatten_messages, flatten_prompt, response_text, validate_request
+from .payload_log import PayloadLogger, rfc3339
+
+log = logging.getLogger("kubetune.serving.gateway")
+
+REFUSAL_TEXT = "I can't help with that. The response was withheld by the content safety policy."
+NO_SAFETY = {"flagged": False, "score": 0.0, "categories": {}}
+
+
+@dataclass
+class GatewayConfig:
+    upstream: str = "http://127.0.0.1:8000"
+    upstream_api_key: str | None = None
+    api_keys_file: str | None = None
+    log_dir: str | None = None
+    sample_rate: float = 0.1
+    redact_pii: bool = True
+    log_max_bytes: int = 50 * 1024 * 1024
+    log_backups: int = 5
+    feedback_buffer: int = 10_000
+    safety_scorer: str = "offline"  # offline | llamaGuard | none
+    safety_endpoint: str | None = None
+    safety_action: str = "flag"  # log | flag | block
+    max_request_bytes: int = 1024 * 1024
+    max_tokens: int = 4096
+    upstream_timeout: float = 600.0
+    connect_timeout: float = 5.0
+    canary_config: str | None = None
+    models_ttl: float = 10.0
+    seed: int | None = None
+
+    def check(self) -> None:
+        """Every bad setting at once, naming the flag."""
+        errors = []
+        if self.safety_action not in ("log", "flag", "block"):
+            errors.append(f"--safety-action: {self.safety_action!r}; allowed: log, flag, block")
+        if self.safety_scorer not in ("offline", "llamaGuard", "none"):
+            errors.append(f"--safety-scorer: {self.safety_scorer!r}; allowed: offline, llamaGuard, none")
+        if self.safety_scorer == "llamaGuard" and not self.safety_endpoint:
+            errors.append("--safety-endpoint: required with --safety-scorer llamaGuard")
+        if not 0 <= self.sample_rate <= 1:
+            errors.append(f"--sample-rate: {self.sample_rate} is not within [0, 1]")
+        for name in ("max_request_bytes", "max_tokens", "log_max_bytes"):
+            if getattr(self, name) < 1:
+                errors.append(f"--{name.replace('_', '-')}: must be positive")
+        if not self.upstream.startswith(("http://", "https://")):
+            errors.append(f"--upstream: {self.upstream!r} is not an http(s) URL")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+
+class _Outcome:
+    """What one request did, gathered for metrics and the payload log."""
+
+    __slots__ = ("model", "adapter", "status", "prompt", "text", "prompt_tokens", "completion_tokens", "ttft",
+                 "safety")
+
+    def __init__(self) -> None:
+        self.model = ""
+        self.adapter = ""
+        self.status = 200
+        self.prompt = ""
+        self.text = None
+        self.prompt_tokens = None
+        self.completion_tokens = None
+        self.ttft = None
+        self.safety: SafetyScore | None = None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig):
+        config.check()
+        self.config = config
+        self.upstream = config.upstream.rstrip("/")
+        self.metrics = GatewayMetrics()
+        self.keys = KeyFile(config.api_keys_file) if config.api_keys_file else None
+        self.payloads = (
+            PayloadLogger(config.log_dir, sample_rate=config.sample_rate, redact_pii=config.redact_pii,
+                          max_bytes=config.log_max_bytes, backups=config.log_backups,
+                          buffer_size=config.feedback_buffer, seed=config.seed)
+            if config.log_dir else None
+        )
+        self.scorer = None if config.safety_scorer == "none" else make_scorer(config.safety_scorer,
+                                                                              config.safety_endpoint)
+        self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed)
+        self._models: dict[str, str | None] = {}  # served name -> parent (None for a base model)
+        self._models_at = -1e9
+        self._models_lock = asyncio.Lock()
+        self.session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ app wiring
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_request_bytes, middlewares=[openai_errors])
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/feedback", self.feedback)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, _app=None) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout,
+                                        sock_read=self.config.upstream_timeout)
+        headers = {"Authorization": f"Bearer {self.config.upstream_api_key}"} if self.config.upstream_api_key else None
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers,
+                                             auto_decompress=False)
+
+    async def _stop(self, _app=None) -> None:
+        if self.session is not None:
+            await self.session.close()
+        self.close_logs()
+
+    def close_logs(self) -> None:
+        """Flush the payload log to disk (also called on SIGTERM)."""
+        if self.payloads is not None:
+            self.payloads.close()
+
+    def _canary_changed(self, routes) -> None:
+        self.metrics.canary_weight.clear()
+        for name, route in routes.items():
+            self.metrics.canary_weight.labels(adapter=name).set(route.weight)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _authorize(self, request: web.Request) -> None:
+        if self.keys is None:
+            return
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+        if not self.keys.check(token):
+            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+
+    async def _read_json(self, request: web.Request):
+        length = request.content_length
+        if length is not None and length > self.config.max_request_bytes:
+            raise ApiError(413, f"request body is {length} bytes, over the limit of {self.config.max_request_bytes}",
+                           code="request_too_large")
+        raw = await request.read()  # aiohttp enforces client_max_size for chunked bodies (-> 413)
+        try:
+            return json.loads(raw)
+        except UnicodeDecodeError:
+            raise ApiError(400, "request body is not UTF-8 JSON") from None
+        except json.JSONDecodeError as exc:
+            raise ApiError(400, f"malformed JSON in request body: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                           code="invalid_json") from None
+
+    def _upstream_error(self, exc: BaseException) -> ApiError:
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return ApiError(504, f"upstream engine at {self.upstream} did not answer within "
+                                 f"{self.config.upstream_timeout:g} s", code="upstream_timeout")
+        return ApiError(503, f"upstream engine at {self.upstream} is unavailable: {exc.__class__.__name__}: {exc}",
+                        code="upstream_unavailable")
+
+    async def _refresh_models(self) -> None:
+        try:
+            async with self.session.get(self.upstream + "/v1/models") as resp:
+                if resp.status != 200:
+                    raise ApiError(503, f"upstream engine answered HTTP {resp.status} on /v1/models",
+                                   code="upstream_unavailable")
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._upstream_error(exc) from None
+        models = {}
+        for m in body.get("data", []):
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                models[m["id"]] = m.get("parent")
+        self._models, self._models_at = models, time.monotonic()
+
+    async def _resolve(self, name: str) -> tuple[str, str, str | None]:
+        """(served name to send upstream, base model, adapter or None); 404 when unknown."""
+        self.canary.refresh()
+        target = self.canary.pick(name)
+        now = time.monotonic()
+        stale = now - self._models_at > self.config.models_ttl
+        missing = target not in self._models and now - self._models_at > 1.0
+        if stale or missing:
+            async with self._models_lock:
+                if time.monotonic() - self._models_at > min(1.0, self.config.models_ttl):
+                    await self._refresh_models()
+        if target not in self._models:
+            what = "model" if target == name else f"model (canary version of {name!r})"
+            raise ApiError(404, f"The {what} `{target}` does not exist.", param="model", code="model_not_found")
+        parent = self._models[target]
+        return (target, parent, target) if parent else (target, target, None)
+
+    def _score(self, prompt: str, text: str) -> SafetyScore | None:
+        if self.scorer is None:
+            return None
+        return self.scorer.score(prompt, text)
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            await self._refresh_models()
+        except ApiError as exc:
+            return exc.response()
+        return web.json_response({"status": "ok", "models": sorted(self._models)})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        try:
+            async with self.session.get(self.upstream + "/v1/models") as resp:
+                if resp.status != 200:
+                    raise await self._upstream_failure(resp)
+                upstream = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            raise self._upstream_error(exc) from None
+        data = [m for m in upstream.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        self._models = {m["id"]: m.get("parent") for m in data}
+        self._models_at = time.monotonic()
+        self.canary.refresh()
+        for alias, route in self.canary.routes.items():
+            if alias not in self._models:
+                data.append({"id": alias, "object": "model", "owned_by": "kubetune", "root": route.stable,
+                             "parent": self._models.get(route.stable)})
+        return web.json_response({"object": "list", "data": data})
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await self._read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "feedback must be a JSON object {id, rating, comment}")
+        rid = body.get("id", body.get("request_id"))
+        if not isinstance(rid, str) or not rid:
+            raise ApiError(400, "`id` is required: the request id from the x-request-id header", param="id")
+        rating = body.get("rating")
+        if isinstance(rating, bool) or rating not in (-1, 0, 1):
+            raise ApiError(400, f"`rating` must be -1, 0 or 1, got {rating!r}", param="rating")
+        comment = body.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise ApiError(400, "`comment` must be a string", param="comment")
+        if self.payloads is None:
+            raise ApiError(400, "payload logging is off on this gateway (start it with --log-dir): "
+                                "feedback cannot be recorded", code="feedback_disabled")
+        written = self.payloads.feedback(rid, rating, comment)
+        if written is None:
+            raise ApiError(404, f"request {rid!r} is unknown or too old to take feedback", param="id",
+                           code="request_not_found")
+        return web.json_response({"id": rid, "object": "feedback", "rating": rating, "logged": written})
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "chat", "/v1/chat/completions")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, "completion", "/v1/completions")
+
+    # ------------------------------------------------------------------ the request path
+
+    async def _complete(self, request: web.Request, kind: str, path: str) -> web.StreamResponse:
+        rid = "req-" + uuid.uuid4().hex
+        started = time.perf_counter()
+        out = _Outcome()
+        try:
+            self._authorize(request)
+            body = await self._read_json(request)
+            requested = validate_request(kind, body, max_tokens_limit=self.config.max_tokens)
+            target, out.model, adapter = await self._resolve(requested)
+            out.adapter = adapter or ""
+            out.prompt = flatten_messages(body["messages"]) if kind == "chat" else flatten_prompt(body["prompt"])
+            stream = bool(body.get("stream"))
+            if target != requested:
+                body["model"] = target
+            if stream:
+                client_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                body["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
+                response = await self._stream(request, rid, kind, path, body, out, client_usage)
+            else:
+                response = await self._unary(rid, kind, path, body, out)
+        except ApiError as exc:
+            out.status = exc.status
+            response = exc.response({"x-request-id": rid})
+        except (ConnectionResetError, asyncio.CancelledError):
+            out.status = 499  # the client went away mid-stream
+            self._account(rid, started, out)
+            raise
+        self._account(rid, started, out)
+        return response
+
+    async def _post(self, rid: str, path: str, body: dict) -> aiohttp.ClientResponse:
+        try:
+            return await self.session.post(self.upstream + path, data=json.dumps(body).encode(),
+                                           headers={"Content-Type": "application/json", "X-Request-Id": rid})
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise self._upstream_error(exc) from None
+
+    async def _upstream_failure(self, resp: aiohttp.ClientResponse) -> ApiError:
+        raw = await resp.read()
+        err = normalise_error_body(resp.status, raw)["error"]
+        status = resp.status if resp.status < 500 else 502
+        return ApiError(status, err["message"], param=err.get("param"), code=err.get("code"), type=err.get("type"))
+
+    async def _unary(self, rid: str, kind: str, path: str, body: dict, out: _Outcome) -> web.Response:
+        resp = await self._post(rid, path, body)
+        try:
+            if resp.status >= 400:
+                raise await self._upstream_failure(resp)
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                raise self._upstream_error(exc) from None
+        finally:
+            resp.release()
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise ApiError(502, "upstream engine sent a body that is not JSON", code="bad_upstream_response") from None
+        answer["id"] = rid
+        out.text = response_text(kind, answer)
+        usage = answer.get("usage") or {}
+        out.prompt_tokens, out.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        out.safety = self._score(out.prompt, out.text)
+        headers = {"x-request-id": rid}
+        if out.safety is not None and out.safety.flagged:
+            if self.config.safety_action in ("flag", "block"):
+                headers["x-kubetune-safety"] = "flagged; categories=" + ",".join(sorted(out.safety.categories))
+            if self.config.safety_action == "block":
+                _replace_with_refusal(kind, answer)
+                headers["x-kubetune-safety"] = "blocked; categories=" + ",".join(sorted(out.safety.categories))
+        return web.Response(body=json.dumps(answer).encode(), content_type="application/json", headers=headers)
+
+    async def _stream(self, request: web.Request, rid: str, kind: str, path: str, body: dict, out: _Outcome,
+                      client_usage: bool) -> web.StreamResponse:
+        resp = await self._post(rid, path, body)
+        hold = self.scorer is not None and self.config.safety_action == "block"
+        try:
+            if resp.status >= 400:
+                raise await self._upstream_failure(resp)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                   "x-request-id": rid})
+            await response.prepare(request)
+            started = time.perf_counter()
+            datas: list[bytes] = []
+            held: list[bytes] = []
+            upstream_id = b""
+            ours = b'"' + rid.encode() + b'"'
+            lines: list[bytes] = []
+            try:
+                async for line in resp.content:
+                    if line.strip():
+                        lines.append(line)
+                        continue
+                    if not lines:
+                        continue
+                    event = b"".join(lines) + b"\n"
+                    lines.clear()
+                    data = event[5:].strip() if event.startswith(b"data:") else b""
+                    if data and data != b"[DONE]":
+                        if not upstream_id:
+                            try:
+                                upstream_id = b'"' + json.loads(data).get("id", "").encode() + b'"'
+                            except (ValueError, AttributeError):
+                                upstream_id = b'""'
+                        if upstream_id != b'""':
+                            event = event.replace(upstream_id, ours, 1)
+                        datas.append(data)
+                        if not client_usage and b'"choices":[]' in data and b'"usage"' in data:
+                            continue  # the usage chunk we asked for on the client's behalf
+                    if out.ttft is None:
+                        out.ttft = time.perf_counter() - started
+                    if hold:
+                        held.append(event)
+                    else:
+                        await response.write(event)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                # Headers are gone already: the only honest signal left is an error event.
+                err = self._upstream_error(exc)
+                out.status = err.status
+                await response.write(b"data: " + json.dumps(err.body()).encode() + b"\n\n")
+                await response.write_eof()
+                return response
+        finally:
+            resp.release()
+        self._assemble(kind, datas, out)
+        if hold:
+            out.safety = self._score(out.prompt, out.text)
+            if out.safety is not None and out.safety.flagged:
+                held = [_refusal_event(kind, rid, body.get("model", "")), b"data: [DONE]\n\n"]
+            for event in held:
+                await response.write(event)
+        await response.write_eof()
+        if not hold:
+            out.safety = self._score(out.prompt, out.text)
+        return response
+
+    def _assemble(self, kind: str, datas: list[bytes], out: _Outcome) -> None:
+        parts, events = [], 0
+        for data in datas:
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(chunk, dict):
+                continue
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                out.prompt_tokens = usage.get("prompt_tokens", out.prompt_tokens)
+                out.completion_tokens = usage.get("completion_tokens", out.completion_tokens)
+            piece = chunk_text(kind, chunk)
+            if piece:
+                parts.append(piece)
+                events += 1
+        out.text = "".join(parts)
+        if out.completion_tokens is None:
+            out.completion_tokens = events  # engines stream about one token per event
+
+    def _account(self, rid: str, started: float, out: _Outcome) -> None:
+        elapsed = time.perf_counter() - started
+        m = self.metrics
+        m.requests.labels(model=out.model, adapter=out.adapter, status=str(out.status)).inc()
+        if out.status != 200:
+            return
+        m.duration.labels(model=out.model).observe(elapsed)
+        m.ttft.labels(model=out.model).observe(out.ttft if out.ttft is not None else elapsed)
+        if out.prompt_tokens:
+            m.tokens.labels(model=out.model, direction="in").inc(out.prompt_tokens)
+        if out.completion_tokens:
+            m.tokens.labels(model=out.model, direction="out").inc(out.completion_tokens)
+        safety = NO_SAFETY
+        if out.safety is not None:
+            safety = {"flagged": out.safety.flagged, "score": out.safety.score, "categories": out.safety.categories}
+            if out.safety.flagged:
+                for category in out.safety.categories or {"unknown": 1.0}:
+                    m.safety_flags.labels(model=out.model, category=category).inc()
+        if self.payloads is not None:
+            self.payloads.record({
+                "id": rid, "time": rfc3339(time.time()), "model": out.model, "adapter": out.adapter or None,
+                "prompt": out.prompt, "response": out.text or "", "promptTokens": out.prompt_tokens,
+                "completionTokens": out.completion_tokens, "latencyMs": round(elapsed * 1000, 3),
+                "safety": safety, "feedback": None,
+            })
+
+
+def _replace_with_refusal(kind: str, answer: dict) -> None:
+    for choice in answer.get("choices") or []:
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": REFUSAL_TEXT}
+        else:
+            choice["text"] = REFUSAL_TEXT
+        choice["finish_reason"] = "content_filter"
+
+
+def _refusal_event(kind: str, rid: str, model: str) -> bytes:
+    if kind == "chat":
+        chunk = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": REFUSAL_TEXT},
+                              "finish_reason": "content_filter"}]}
+    else:
+        chunk = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+                 "choices": [{"index": 0, "text": REFUSAL_TEXT, "finish_reason": "content_filter"}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"

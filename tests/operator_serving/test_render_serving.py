@@ -1,0 +1,330 @@
+"""Rendering a ModelDeployment into its children: golden files, schema validity, invariants.
+
+Golden files live in golden/; regenerate after a deliberate change with
+`KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/operator_serving/test_render_serving.py`
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune.api import parse_modeldeployment
+from kubetune.operator import render_serving as rs
+from kubetune.operator.vllm_args import EngineArgsError, LoraModule, vllm_args
+
+from .schemas import CORE_VERSION, crd_schema, validate_custom
+
+GOLDEN = Path(__file__).parent / "golden"
+CORE_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"}
+
+
+def make_md(spec: dict[str, Any], name: str = "chat", namespace: str = "ml") -> Any:
+    return parse_modeldeployment(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": namespace, "uid": "0d9a7c1e-uid"},
+            "spec": spec,
+        }
+    )
+
+
+def case_adapter_on_pvc() -> rs.RenderInput:
+    """A FineTuneJob's adapter over its base, autoscaled (HPA), with keys, GPUs and a canary."""
+    md = make_md(
+        {
+            "model": {"fineTuneJobRef": {"name": "support-ft"}},
+            "adapters": [{"name": "tone", "uri": "pvc://artifacts/tone/adapter"}],
+            "engine": {"maxModelLen": 4096, "dtype": "bfloat16", "extraArgs": ["--enforce-eager"]},
+            "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetWaitingRequests": 2.5},
+            "resources": {
+                "gpus": 1,
+                "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            "rollout": {"strategy": "Canary", "canaryWeight": 20},
+            "gateway": {"authSecretRef": {"name": "chat-keys", "key": "keys.txt"}},
+        }
+    )
+    model = rs.ResolvedModel(
+        uri="pvc://models/llama-3-8b",
+        served_name="chat-base",
+        adapter=LoraModule("chat", "pvc://artifacts/support-ft/adapter"),
+        digest="sha256:1111",
+    )
+    return rs.RenderInput(
+        md=md,
+        model=model,
+        adapter_uris=["pvc://artifacts/tone/adapter", "pvc://artifacts/tone-v2/adapter"],
+        canary_routes=[rs.CanaryRoute("tone", "tone-canary", 20)],
+    )
+
+
+def case_hub_model_servicemonitor() -> rs.RenderInput:
+    """A hub-style name from the model cache PVC, one replica, ServiceMonitor, logs on a PVC."""
+    md = make_md({"model": {"uri": "acme/chat-7b"}, "resources": {"gpus": 2}, "engine": {"tensorParallelSize": 2}})
+    settings = rs.ServingSettings(
+        model_cache_claim="model-cache", payload_log_claim="payload-logs", monitor_kind="ServiceMonitor"
+    )
+    return rs.RenderInput(md=md, model=rs.ResolvedModel(uri="acme/chat-7b", served_name="chat"), settings=settings)
+
+
+def case_s3_keda() -> rs.RenderInput:
+    """Merged weights on s3 (fetched by an init container), KEDA instead of the HPA, 3 replicas."""
+    md = make_md(
+        {
+            "model": {"uri": "s3://models/chat/merged"},
+            "replicas": 3,
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+            "engine": {"image": "registry.local/vllm:0.11"},
+            "gateway": {"logging": {"sampleRate": 1.0, "redactPii": False}, "safety": {"scorer": "none", "action": "log"}},
+        },
+        name="summarizer",
+    )
+    settings = rs.ServingSettings(enable_keda=True, s3_credentials_secret="s3-creds")
+    return rs.RenderInput(
+        md=md, model=rs.ResolvedModel(uri="s3://models/chat/merged", served_name="summarizer"), settings=settings
+    )
+
+
+CASES = {
+    "adapter_on_pvc": case_adapter_on_pvc,
+    "hub_model_servicemonitor": case_hub_model_servicemonitor,
+    "s3_keda": case_s3_keda,
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+def rendered(request) -> tuple[str, rs.RenderInput, list[dict[str, Any]]]:
+    inp = CASES[request.param]()
+    return request.param, inp, rs.render_all(inp)
+
+
+def test_matches_golden(rendered):
+    name, _, children = rendered
+    text = yaml.safe_dump_all(children, sort_keys=False, default_flow_style=False)
+    path = GOLDEN / f"{name}.yaml"
+    if os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with KUBETUNE_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"rendering of {name} changed; review and regenerate {path}"
+
+
+def test_core_children_pass_strict_validation(rendered):
+    _, _, children = rendered
+    core = [c for c in children if c["kind"] in CORE_KINDS]
+    assert {c["kind"] for c in core} >= {"Deployment", "Service", "ConfigMap"}
+    for child in core:
+        kubernetes_validate.validate(copy.deepcopy(child), CORE_VERSION, strict=True)
+
+
+def test_prometheus_monitors_match_the_operator_crds(rendered, shared_dir):
+    _, _, children = rendered
+    monitors = [c for c in children if c["apiVersion"] == "monitoring.coreos.com/v1"]
+    assert len(monitors) == 1
+    monitor = monitors[0]
+    file = {"PodMonitor": "crd-podmonitors.yaml", "ServiceMonitor": "crd-servicemonitors.yaml"}[monitor["kind"]]
+    path = shared_dir / "schemas" / "prometheus-operator" / file
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    assert validate_custom(monitor, crd_schema(path, monitor["kind"], "v1")) == []
+
+
+def test_strict_monitor_schema_catches_a_typo(shared_dir):
+    """The schema check can fail: a misspelt endpoint field is reported."""
+    path = shared_dir / "schemas" / "prometheus-operator" / "crd-podmonitors.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    monitor = rs.render_monitor(case_adapter_on_pvc())
+    monitor["spec"]["podMetricsEndpoints"][0]["paht"] = "/metrics"
+    errors = validate_custom(monitor, crd_schema(path, "PodMonitor", "v1"))
+    assert any("paht" in e for e in errors)
+
+
+def test_keda_scaled_object(shared_dir):
+    keda = sorted((shared_dir / "schemas").glob("keda*/*scaledobject*"))
+    children = rs.render_all(case_s3_keda())
+    kinds = [c["kind"] for c in children]
+    assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
+    scaled = next(c for c in children if c["kind"] == "ScaledObject")
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "prometheus"
+    assert 'namespace="ml"' in trigger["metadata"]["query"] and "vllm:num_requests_waiting" in trigger["metadata"]["query"]
+    assert all(isinstance(v, str) for v in trigger["metadata"].values())
+    if not keda:
+        pytest.skip("no KEDA CRD schema under ../shared/schemas: ScaledObject schema not checked")
+    assert validate_custom(scaled, crd_schema(keda[0], "ScaledObject", "v1alpha1")) == []
+
+
+def test_every_child_is_labelled_owned_and_deterministic(rendered):
+    _, inp, children = rendered
+    again = rs.render_all(inp)
+    assert children == again
+    md_name = inp.md.metadata["name"]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "ml"
+        assert meta["labels"]["app.kubernetes.io/instance"] == md_name
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "kubetune"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "name": md_name,
+            "uid": "0d9a7c1e-uid", "controller": True, "blockOwnerDeletion": True,
+        }
+    assert len({(c["kind"], c["metadata"]["name"]) for c in children}) == len(children)
+
+
+def _deployment(inp: rs.RenderInput) -> dict[str, Any]:
+    return rs.render_deployment(inp)
+
+
+def _container(deploy: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def test_vllm_container_runs_the_server_with_list_args_and_runtime_lora():
+    deploy = _deployment(case_adapter_on_pvc())
+    vllm = _container(deploy, "vllm")
+    assert vllm["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = vllm["args"]
+    assert all(isinstance(a, str) for a in args)
+    assert args[args.index("--model") + 1] == "/mnt/pvc/models/llama-3-8b"
+    assert args[args.index("--lora-modules") + 1] == "chat=/mnt/pvc/artifacts/support-ft/adapter"
+    assert "--enable-lora" in args and args[-1] == "--enforce-eager"
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in vllm["env"]
+    mounts = {m["mountPath"]: m for m in vllm["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"]["readOnly"] and mounts["/mnt/pvc/artifacts"]["readOnly"]
+    assert "/dev/shm" in mounts
+    startup = vllm["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 20 * 60
+    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_pods_are_non_root_and_locked_down():
+    for make in CASES.values():
+        pod = _deployment(make())["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"] + pod.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_gateway_sidecar_gets_keys_by_reference_and_its_settings():
+    deploy = _deployment(case_adapter_on_pvc())
+    gateway = _container(deploy, "gateway")
+    args = gateway["args"]
+    assert args[:3] == ["serve", "--upstream", "http://127.0.0.1:8000"]
+    assert args[args.index("--api-keys-file") + 1] == "/etc/kubetune/keys/keys.txt"
+    assert args[args.index("--sample-rate") + 1] == "0.1"
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"] == {"secretName": "chat-keys", "items": [{"key": "keys.txt", "path": "keys.txt"}]}
+    assert not any("chat-keys" in str(e) for e in gateway["env"])  # never an env copy of the secret
+    assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_s3_sources_are_fetched_by_an_init_container_without_a_shell():
+    deploy = _deployment(case_s3_keda())
+    pod = deploy["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["command"] == ["kubetune"]
+    assert fetch["args"] == ["fetch", "--to", "/mnt/fetched/models-chat-merged", "s3://models/chat/merged"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    vllm = _container(deploy, "vllm")
+    assert vllm["args"][vllm["args"].index("--model") + 1] == "/mnt/fetched/models-chat-merged"
+    assert vllm["image"] == "registry.local/vllm:0.11"
+
+
+def test_autoscaling_leaves_replicas_to_the_autoscaler_and_adds_a_pdb():
+    inp = case_adapter_on_pvc()
+    children = {c["kind"]: c for c in rs.render_all(inp)}
+    assert "replicas" not in children["Deployment"]["spec"]
+    hpa = children["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
+    assert hpa["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "2500m"}
+    assert hpa["scaleTargetRef"]["name"] == children["Deployment"]["metadata"]["name"]
+    assert children["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+
+
+def test_single_replica_has_no_pdb_or_autoscaler():
+    kinds = [c["kind"] for c in rs.render_all(case_hub_model_servicemonitor())]
+    assert "PodDisruptionBudget" not in kinds and "HorizontalPodAutoscaler" not in kinds
+
+
+def test_service_exposes_the_gateway_and_vllm_only_for_a_servicemonitor():
+    pod_monitor = rs.render_service(case_adapter_on_pvc())
+    assert [p["name"] for p in pod_monitor["spec"]["ports"]] == ["http"]
+    service_monitor = rs.render_service(case_hub_model_servicemonitor())
+    assert [p["name"] for p in service_monitor["spec"]["ports"]] == ["http", "vllm-metrics"]
+    assert rs.endpoint("chat", "ml") == "http://chat.ml.svc:8080/v1"
+
+
+def test_gateway_config_carries_the_canary_split():
+    cm = rs.render_gateway_config(case_adapter_on_pvc())
+    config = yaml.safe_load(cm["data"]["canary.json"])
+    assert config == {"version": 1, "routes": [{"model": "tone", "canary": "tone-canary", "weight": 20}]}
+
+
+def test_base_model_change_rolls_pods_but_adapters_on_mounted_storage_do_not():
+    inp = case_adapter_on_pvc()
+    template = _deployment(inp)["spec"]["template"]
+    same_claim = rs.RenderInput(md=inp.md, model=inp.model, adapter_uris=["pvc://artifacts/other/adapter"])
+    assert _deployment(same_claim)["spec"]["template"] == template
+    new_base = rs.RenderInput(
+        md=inp.md, model=rs.ResolvedModel(**{**inp.model.__dict__, "uri": "pvc://models/llama-3.1-8b"}),
+        adapter_uris=inp.adapter_uris,
+    )
+    assert _deployment(new_base)["spec"]["template"] != template
+    new_digest = rs.RenderInput(
+        md=inp.md, model=rs.ResolvedModel(**{**inp.model.__dict__, "digest": "sha256:2222"}), adapter_uris=inp.adapter_uris
+    )
+    assert _deployment(new_digest)["spec"]["template"] != template
+
+
+def test_long_names_stay_valid_dns_labels():
+    long_name = "a" * 70 + ".b"
+    for child in rs.names(long_name).values():
+        assert len(child) <= 63 and child[0].isalpha()
+    assert rs.names(long_name) == rs.names(long_name)
+    assert rs.names(long_name)["service"] != rs.names("a" * 70 + ".c")["service"]
+
+
+def test_extra_args_cannot_override_managed_flags():
+    md = make_md({"model": {"uri": "acme/m"}, "engine": {"extraArgs": ["--enforce-eager", "--port=9999"]}})
+    with pytest.raises(EngineArgsError) as err:
+        vllm_args(model_path="/m", served_model_name="m", engine=md.spec.engine)
+    assert err.value.field == "spec.engine.extraArgs[1]" and "--port" in str(err.value)
+
+
+def test_vllm_args_cover_every_engine_setting():
+    md = make_md({"model": {"uri": "acme/m"}, "engine": {
+        "maxModelLen": 2048, "tensorParallelSize": 2, "gpuMemoryUtilization": 0.85, "maxLoras": 8,
+        "maxLoraRank": 64, "dtype": "float16"}, "resources": {"gpus": 2}})
+    args = vllm_args(model_path="/m", served_model_name="m", engine=md.spec.engine,
+                     lora_modules=[LoraModule("a", "/a"), LoraModule("b", "/b")])
+    pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
+    assert pairs["--max-model-len"] == "2048" and pairs["--tensor-parallel-size"] == "2"
+    assert pairs["--gpu-memory-utilization"] == "0.85" and pairs["--max-loras"] == "8"
+    assert pairs["--max-lora-rank"] == "64" and pairs["--dtype"] == "float16"
+    assert args[args.index("--lora-modules") + 1 : args.index("--lora-modules") + 3] == ["a=/a", "b=/b"]
+
+
+def test_settings_from_env_and_bad_values():
+    settings = rs.ServingSettings.from_env(
+        {"KUBETUNE_VLLM_IMAGE": "v:1", "KUBETUNE_ENABLE_KEDA": "true", "KUBETUNE_SERVING_STARTUP_SECONDS": "2400"}
+    )
+    assert settings.vllm_image == "v:1" and settings.enable_keda and settings.startup_timeout_seconds == 2400
+    with pytest.raises(ValueError, match="KUBETUNE_SERVING_STARTUP_SECONDS"):
+        rs.ServingSettings.from_env({"KUBETUNE_SERVING_STARTUP_SECONDS": "soon"})
+    with pytest.raises(ValueError, match="PodMonitor or ServiceMonitor"):
+        rs.ServingSettings.from_env({"KUBETUNE_SERVING_MONITOR_KIND": "Probe"})

@@ -1,0 +1,78 @@
+"""evaluate_job on a tiny LoRA model: base (adapter disabled) against tuned, gates, samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.trainer.evaluation import evaluate_job, generate_answers, validation_loss
+
+from .helpers import PAIRS, load_base, make_job
+
+
+def test_generate_answers_left_pads_batches_consistently(lora_model, tokenizer):
+    prompts = ["Hi", "What is the capital of France? Answer in one word please."]
+    together = generate_answers(lora_model, tokenizer, prompts, max_new_tokens=5, batch_size=2)
+    alone = [generate_answers(lora_model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
+    assert together == alone
+    assert tokenizer.padding_side == "right" or tokenizer.padding_side == "left"
+
+
+def test_evaluate_job_compares_base_and_tuned_and_applies_gates(lora_model, tokenizer, validation, tmp_path, tiny_model_dir):
+    job = make_job(
+        tmp_path / "out",
+        tiny_model_dir,
+        evaluation={
+            "metrics": ["loss", "perplexity", "exactMatch", "rougeL"],
+            "maxNewTokens": 4,
+            "safety": {"enabled": True},
+            "gates": [
+                {"metric": "evalLoss", "operator": "<=", "threshold": 100.0},
+                {"metric": "exactMatch", "operator": ">=", "threshold": 0.99},
+            ],
+        },
+    )
+    lines = []
+    report = evaluate_job(
+        job.spec, tokenizer, tuned_model=lora_model, base_model_fn=None, validation=validation,
+        eval_prompts=[{"prompt": p, "reference": r} for p, r in PAIRS], log=lines.append,
+    )
+    m = report["metrics"]
+    with lora_model.disable_adapter():
+        base_loss, _ = validation_loss(lora_model, [validation])
+    tuned_loss, _ = validation_loss(lora_model, [validation])
+    assert m["baseEvalLoss"] == pytest.approx(base_loss, rel=1e-5)
+    assert m["evalLoss"] == pytest.approx(tuned_loss, rel=1e-5)
+    assert m["evalLoss"] != pytest.approx(m["baseEvalLoss"])  # the adapter is active for "tuned"
+    assert m["evalLossDelta"] == pytest.approx(tuned_loss - base_loss, rel=1e-5)
+    for key in ("perplexity", "basePerplexity", "exactMatch", "baseExactMatch", "rougeL", "baseRougeL",
+                "safetyFlagRatio", "refusalRatio"):
+        assert key in m, key
+    assert len(report["samples"]) == len(PAIRS) and {"base", "tuned", "rougeL"} <= set(report["samples"][0])
+    assert report["safety"]["prompts"] >= 25
+    # A random tiny model answers nothing exactly: the exactMatch gate fails, the loss gate passes.
+    assert [g["passed"] for g in report["gates"]] == [True, False]
+    assert report["passed"] is False
+    assert any(line.startswith("gate ") for line in lines)
+
+
+def test_full_method_measures_the_base_through_base_model_fn(tokenizer, validation, tmp_path, tiny_model_dir):
+    import torch
+
+    tuned = load_base(tiny_model_dir)
+    with torch.no_grad():
+        tuned.lm_head.weight.mul_(1.5)
+    job = make_job(tmp_path / "out", tiny_model_dir, method={"type": "full"},
+                   evaluation={"metrics": ["loss"], "gates": [{"metric": "evalLossDelta", "operator": "<", "threshold": 5}]})
+    calls = []
+
+    def base_fn():
+        calls.append(1)
+        return load_base(tiny_model_dir)
+
+    report = evaluate_job(job, tokenizer, tuned_model=tuned, base_model_fn=base_fn, validation=validation,
+                          eval_prompts=None, log=lambda _: None)
+    assert calls == [1]
+    base_loss, _ = validation_loss(load_base(tiny_model_dir), [validation])
+    assert report["metrics"]["baseEvalLoss"] == pytest.approx(base_loss, rel=1e-5)
+    assert "exactMatch" not in report["metrics"] and report["safety"] is None
+    assert report["gates"][0]["value"] == pytest.approx(report["metrics"]["evalLoss"] - base_loss, rel=1e-4)
