@@ -3,9 +3,9 @@
 Signals per text column (prompt, response): four descriptor distributions (length, word count,
 non-letter share, sentiment), text content (TF-IDF domain classifier) and sentence embeddings
 (domain classifier on all-MiniLM-L6-v2 vectors). The deployment counts as drifted when the share
-of drifted signals reaches the threshold, or when both content signals of one column (TF-IDF
-and embeddings) agree: a topic shift rarely moves lengths or sentiment, so counting it only by
-share would hide the drift users care about most.
+of drifted signals reaches the threshold, or when the content signals of one column (TF-IDF and,
+when enabled, embeddings) all agree on drift: a topic shift rarely moves lengths or sentiment, so
+counting it only by share would hide the drift users care about most.
 """
 
 from __future__ import annotations
@@ -142,20 +142,18 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
     drifted = [s for s in scored if s.drifted]
     share = len(drifted) / len(scored) if scored else 0.0
     by_name = {s.name: s for s in signals}
-    topic_shift = [
-        col
-        for col in columns
-        if by_name.get(f"{col}.content") is not None
-        and by_name.get(f"{col}.embedding") is not None
-        and by_name[f"{col}.content"].drifted
-        and by_name[f"{col}.embedding"].drifted
-    ]
+    topic_shift = []
+    for col in columns:
+        content = [by_name[n] for n in (f"{col}.content", f"{col}.embedding") if n in by_name]
+        content = [s for s in content if s.score is not None]
+        if content and all(s.drifted for s in content):
+            topic_shift.append(col)
     detected = share >= options.drift_share or bool(topic_shift)
     reasons = []
     if share >= options.drift_share:
         reasons.append(f"{len(drifted)} of {len(scored)} signals drifted (share {share:.2f} >= {options.drift_share})")
     for col in topic_shift:
-        reasons.append(f"{col} content drifted on both TF-IDF and embeddings")
+        reasons.append(f"{col} content drifted (" + " and ".join(n for n in (f"{col}.content", f"{col}.embedding") if n in by_name) + ")")
     summary.update(
         drift_detected=detected,
         drift_share=round(share, 4),

@@ -23,6 +23,8 @@ class Record:
     flagged: bool | None = None
     """The gateway's safety verdict when the log carries one; None for training data."""
     time: datetime | None = None
+    id: str | None = None
+    """Request id in a payload log; a later line with the same id (feedback) replaces the earlier."""
 
 
 @dataclass
@@ -101,17 +103,45 @@ def record_from_row(row: Any) -> Record:
         raise ValueError("prompt and response must be strings")
     safety = row.get("safety")
     flagged = bool(safety.get("flagged")) if isinstance(safety, dict) and "flagged" in safety else None
-    return Record(prompt, response, flagged, _parse_time(row.get("time")))
+    rid = row.get("id")
+    return Record(prompt, response, flagged, _parse_time(row.get("time")), rid if isinstance(rid, str) else None)
 
 
-def load(path: str | Path, *, since: datetime | None = None) -> LoadResult:
+def payload_log_files(directory: Path) -> list[Path]:
+    """The gateway's payload logs under a folder, oldest first (`payloads.jsonl.2`, `.1`, then current)."""
+
+    def age(p: Path) -> tuple[str, int]:
+        suffix = p.name.rpartition(".")[2]
+        return (str(p.parent), -int(suffix) if suffix.isdigit() else 0)
+
+    return sorted((p for p in directory.rglob("payloads.jsonl*") if p.is_file()), key=age)
+
+
+def load_many(paths: Iterable[Path], *, since: datetime | None = None) -> LoadResult:
+    """Records of several files (or folders of payload logs) as one window."""
+    total = LoadResult()
+    files: list[Path] = []
+    for path in paths:
+        path = Path(path)
+        files.extend(payload_log_files(path) if path.is_dir() else [path])
+    for file in files:
+        part = load(file, since=since, into=total)
+        assert part is total
+    return total
+
+
+def load(path: str | Path, *, since: datetime | None = None, into: LoadResult | None = None) -> LoadResult:
     """Records of a JSON lines file (or a JSON array file), keeping those at or after `since`.
 
     Rows without a time are kept: training files have none, and a log row without one is more
     likely recent than not.
     """
     path = Path(path)
-    result = LoadResult()
+    if path.is_dir():
+        return load_many([path], since=since)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    result = into if into is not None else LoadResult()
     with path.open("r", encoding="utf-8", errors="replace") as fh:
         head = fh.read(1)
         while head and head.isspace():
@@ -140,6 +170,7 @@ def _json_lines(fh, path: Path, result: LoadResult):
 
 
 def _collect(result: LoadResult, rows: Iterable[tuple[str, Any]], since: datetime | None) -> None:
+    by_id: dict[str, int] = {i: n for n, r in enumerate(result.records) if (i := r.id) is not None}
     for where, row in rows:
         try:
             record = record_from_row(row)
@@ -149,4 +180,9 @@ def _collect(result: LoadResult, rows: Iterable[tuple[str, Any]], since: datetim
         if since is not None and record.time is not None and record.time < since:
             result.outside_window += 1
             continue
+        if record.id is not None and record.id in by_id:
+            result.records[by_id[record.id]] = record
+            continue
+        if record.id is not None:
+            by_id[record.id] = len(result.records)
         result.records.append(record)

@@ -1,1 +1,4 @@
-"""The kopf operator: FineTuneJob and ModelDeployment reconciled into KubeRay and vLLM."""
+"""kubetune.operator: the kopf operator (pure renderers and status, one API client, kopf wiring).
+
+Import-light: nothing here imports kopf or kubernetes until a submodule is used.
+"""

@@ -26,6 +26,7 @@ from kubetune.api.common import API_VERSION
 from kubetune.api.modeldeployment import ModelDeployment
 from kubetune.api.uris import PVC_ROOT, local_path, parse_uri
 
+from .settings import DEFAULT_GATEWAY_IMAGE, DEFAULT_TRAINER_IMAGE, DEFAULT_VLLM_IMAGE
 from .vllm_args import VLLM_PORT, LoraModule, vllm_args
 
 GATEWAY_PORT = 8080
@@ -46,10 +47,11 @@ MODEL_DIGEST_ANNOTATION = "kubetune.io/model-digest"
 class ServingSettings:
     """Operator-wide serving defaults (from the operator's environment)."""
 
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
-    kubetune_image: str = "ghcr.io/kubetune/kubetune:0.1.0"
-    gateway_image: str | None = None
-    """Default: kubetune_image (the gateway is `kubetune serve --upstream`)."""
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    kubetune_image: str = DEFAULT_TRAINER_IMAGE
+    """Image with the `kubetune` command (init containers that fetch s3:// sources)."""
+    gateway_image: str = DEFAULT_GATEWAY_IMAGE
+    """Image of the gateway sidecar (`kubetune serve --upstream ...`)."""
     enable_keda: bool = False
     keda_prometheus_address: str = "http://prometheus-operated.monitoring.svc:9090"
     monitor_kind: Literal["PodMonitor", "ServiceMonitor"] = "PodMonitor"
@@ -64,6 +66,10 @@ class ServingSettings:
     """Secret with AWS_* variables for the fetch init container."""
     shm_size: str = "2Gi"
     startup_timeout_seconds: int = 1800
+    resync_seconds: float = 30.0
+    """How often pods are checked for adapters to (re)load and the Deployment for readiness."""
+    admin_port: int | None = None
+    """Port the operator uses for vLLM's admin API (default vllm_port; tests point it at a fake)."""
     vllm_port: int = VLLM_PORT
     gateway_port: int = GATEWAY_PORT
 
@@ -91,19 +97,32 @@ class ServingSettings:
             raise ValueError(f"KUBETUNE_SERVING_MONITOR_KIND={monitor_kind!r}: use PodMonitor or ServiceMonitor")
         return cls(
             vllm_image=get("KUBETUNE_VLLM_IMAGE", default.vllm_image),
-            kubetune_image=get("KUBETUNE_IMAGE", default.kubetune_image),
+            kubetune_image=get("KUBETUNE_TRAINER_IMAGE", default.kubetune_image),
             gateway_image=get("KUBETUNE_GATEWAY_IMAGE", default.gateway_image),
             enable_keda=get("KUBETUNE_ENABLE_KEDA", default.enable_keda),
             keda_prometheus_address=get("KUBETUNE_KEDA_PROMETHEUS", default.keda_prometheus_address),
             monitor_kind=monitor_kind,
             prometheus_monitor=get("KUBETUNE_PROMETHEUS_MONITOR", default.prometheus_monitor),
             hpa_metric_name=get("KUBETUNE_HPA_METRIC", default.hpa_metric_name),
-            model_cache_claim=get("KUBETUNE_MODEL_CACHE_CLAIM", default.model_cache_claim),
+            model_cache_claim=get("KUBETUNE_MODEL_CACHE_PVC", default.model_cache_claim),
             payload_log_claim=get("KUBETUNE_PAYLOAD_LOG_CLAIM", default.payload_log_claim),
             s3_credentials_secret=get("KUBETUNE_S3_SECRET", default.s3_credentials_secret),
             shm_size=get("KUBETUNE_SERVING_SHM_SIZE", default.shm_size),
             startup_timeout_seconds=get("KUBETUNE_SERVING_STARTUP_SECONDS", default.startup_timeout_seconds),
+            resync_seconds=_float(env, "KUBETUNE_SERVING_RESYNC_SECONDS", env.get("KUBETUNE_RESYNC_SECONDS") or "30"),
+            admin_port=int(env["KUBETUNE_VLLM_ADMIN_PORT"]) if env.get("KUBETUNE_VLLM_ADMIN_PORT") else None,
         )
+
+
+def _float(env: Mapping[str, str], name: str, default: str) -> float:
+    raw = env.get(name) or default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r}: must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -283,6 +302,7 @@ def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
     gw = md.spec.gateway
     args = [
         "serve",
+        "--gateway-only",
         "--upstream", f"http://127.0.0.1:{settings.vllm_port}",
         "--host", "0.0.0.0",
         "--port", str(settings.gateway_port),
@@ -375,7 +395,7 @@ def _gateway_container(md: ModelDeployment, settings: ServingSettings) -> dict[s
         mounts.append({"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True})
     return {
         "name": "gateway",
-        "image": settings.gateway_image or settings.kubetune_image,
+        "image": settings.gateway_image,
         "command": ["kubetune"],
         "args": gateway_args(md, settings),
         "env": [

@@ -15,18 +15,20 @@ Three decisions live here, each a plain function over dicts so it is tested with
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.modeldeployment import ModelDeployment
 
+from .conditions import condition
 from .render_serving import CanaryRoute, ResolvedModel
 from .vllm_args import LoraModule
 
 CANARY_ANNOTATION = "kubetune.io/canary"
 ROLLED_BACK_ANNOTATION = "kubetune.io/canary-rolled-back"
+REVISIONS_ANNOTATION = "kubetune.io/adapter-revisions"
+"""JSON {adapter: {"current": uri, "previous": uri}}: the version a promotion or replace superseded."""
 CANARY_SUFFIX = "-canary"
 
 
@@ -215,6 +217,8 @@ class AdapterPlan:
     """What changed, for Events and the Progressing message."""
     annotation_done: bool = False
     """The canary annotation was acted on and should be removed."""
+    held: list[str] = field(default_factory=list)
+    """Versions waiting for something (another canary): a state, not a transition."""
 
     @property
     def serve(self) -> dict[str, str]:
@@ -283,7 +287,7 @@ def plan_adapters(
 
     for name, uri in wanted.items():
         previous = stable.get(name)
-        refused = rolled_back.get(name)
+        refused = plan.rolled_back.get(name) or rolled_back.get(name)
         if refused is not None and refused == uri:
             plan.rolled_back[name] = refused  # still refused while the spec names it
         if previous is None:
@@ -299,7 +303,7 @@ def plan_adapters(
             plan.notes.append(f"canary of {name!r} started: {weight}% to {uri}")
         elif strategy == "Canary":
             plan.stable[name] = previous
-            plan.notes.append(f"adapter {name!r} waits: the canary of {plan.canary['adapter']!r} runs first")
+            plan.held.append(f"adapter {name!r} waits: the canary of {plan.canary['adapter']!r} runs first")
         else:
             plan.stable[name] = uri
             plan.notes.append(f"adapter {name!r} replaced: {uri}")
@@ -307,6 +311,18 @@ def plan_adapters(
         if name not in wanted:
             plan.notes.append(f"adapter {name!r} removed")
     return plan
+
+
+def update_revisions(
+    revisions: Mapping[str, Mapping[str, str]], old_stable: Mapping[str, str], new_stable: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """Remember, per adapter, the version the current one replaced (kept after a promotion)."""
+    out = {name: dict(rev) for name, rev in revisions.items() if name in new_stable}
+    for name, uri in new_stable.items():
+        previous = old_stable.get(name)
+        if previous is not None and previous != uri:
+            out[name] = {"current": uri, "previous": previous}
+    return out
 
 
 def adapter_status(
@@ -335,38 +351,6 @@ def adapter_status(
 
 
 # ----------------------------------------------------------------------------- conditions
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def condition(type_: str, status: bool | str, reason: str, message: str = "") -> dict[str, Any]:
-    value = status if isinstance(status, str) else ("True" if status else "False")
-    return {"type": type_, "status": value, "reason": reason, "message": message}
-
-
-def merge_conditions(
-    existing: Iterable[Mapping[str, Any]] | None,
-    updates: Iterable[Mapping[str, Any]],
-    *,
-    generation: int | None,
-    timestamp: str | None = None,
-) -> list[dict[str, Any]]:
-    """Replace conditions by type; lastTransitionTime moves only when the status flips."""
-    stamp = timestamp or now()
-    by_type = {c["type"]: dict(c) for c in existing or []}
-    for update in updates:
-        old = by_type.get(update["type"])
-        new = dict(update)
-        if generation is not None:
-            new["observedGeneration"] = generation
-        if old is not None and old.get("status") == new["status"] and old.get("lastTransitionTime"):
-            new["lastTransitionTime"] = old["lastTransitionTime"]
-        else:
-            new["lastTransitionTime"] = stamp
-        by_type[update["type"]] = new
-    return sorted(by_type.values(), key=lambda c: c["type"])
 
 
 def blocked_conditions(blocked: Blocked) -> list[dict[str, Any]]:
@@ -418,6 +402,7 @@ def serving_conditions(
     adapters_loading: Sequence[str] = (),
     waiting: Sequence[str] = (),
     notes: Sequence[str] = (),
+    canary: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """(phase, [Ready, Progressing, Degraded]) from the Deployment and the engine."""
     if health is None:
@@ -436,17 +421,26 @@ def serving_conditions(
         ready = condition("Ready", False, "RolloutStalled", f"{replicas}; {health.stalled}")
     else:
         ready = condition("Ready", False, "Starting", f"{replicas}; the engine is loading the model")
-    in_progress = health.ready < health.desired or health.updated < health.desired or bool(adapters_loading)
+    rolling = health.ready < health.desired or health.updated < health.desired or bool(adapters_loading)
+    in_progress = rolling or canary is not None
     progress_parts = [replicas] if health.ready < health.desired or health.updated < health.desired else []
     if adapters_loading:
         progress_parts.append("loading adapters: " + ", ".join(adapters_loading))
+    if canary is not None:
+        progress_parts.append(
+            f"canary of {canary['adapter']!r}: {canary['weight']}% to {canary['uri']} "
+            f"(previous {canary.get('previousUri')}); annotate {CANARY_ANNOTATION}=promote or rollback"
+        )
     progress_parts += list(waiting) + list(notes)
-    progressing = condition(
-        "Progressing",
-        in_progress and not health.stalled,
-        "RollingOut" if in_progress and not health.stalled else ("RolloutStalled" if health.stalled else "Stable"),
-        "; ".join(progress_parts),
-    )
+    if health.stalled:
+        progress_reason = "RolloutStalled"
+    elif rolling:
+        progress_reason = "RollingOut"
+    elif canary is not None:
+        progress_reason = "Canary"
+    else:
+        progress_reason = "Stable"
+    progressing = condition("Progressing", in_progress and not health.stalled, progress_reason, "; ".join(progress_parts))
     degraded = condition(
         "Degraded",
         bool(problems),
@@ -457,7 +451,7 @@ def serving_conditions(
         phase = "Failed" if health.stalled else "Deploying"
     elif problems or health.ready < health.desired and health.stalled:
         phase = "Degraded"
-    elif in_progress:
+    elif rolling:
         phase = "Deploying"
     else:
         phase = "Ready"

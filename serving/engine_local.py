@@ -317,7 +317,7 @@ class LocalEngine:
             else:
                 choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
             chunk = {"id": rid, "object": obj, "created": created, "model": job.model, "choices": [choice]}
-            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)

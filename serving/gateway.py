@@ -30,6 +30,9 @@ from .payload_log import PayloadLogger, rfc3339
 log = logging.getLogger("kubetune.serving.gateway")
 
 REFUSAL_TEXT = "I can't help with that. The response was withheld by the content safety policy."
+# An unknown name re-reads the engine's model list at most this often (adapters come and go
+# at runtime), so a flood of bad names cannot hammer the engine.
+MISS_REFRESH_SECONDS = 0.25
 NO_SAFETY = {"flagged": False, "score": 0.0, "categories": {}}
 
 
@@ -53,6 +56,7 @@ class GatewayConfig:
     connect_timeout: float = 5.0
     canary_config: str | None = None
     models_ttl: float = 10.0
+    reload_interval: float = 1.0  # how often the keys and canary files are checked for changes
     seed: int | None = None
 
     def check(self) -> None:
@@ -99,7 +103,7 @@ class Gateway:
         self.config = config
         self.upstream = config.upstream.rstrip("/")
         self.metrics = GatewayMetrics()
-        self.keys = KeyFile(config.api_keys_file) if config.api_keys_file else None
+        self.keys = KeyFile(config.api_keys_file, check_interval=config.reload_interval) if config.api_keys_file else None
         self.payloads = (
             PayloadLogger(config.log_dir, sample_rate=config.sample_rate, redact_pii=config.redact_pii,
                           max_bytes=config.log_max_bytes, backups=config.log_backups,
@@ -108,7 +112,8 @@ class Gateway:
         )
         self.scorer = None if config.safety_scorer == "none" else make_scorer(config.safety_scorer,
                                                                               config.safety_endpoint)
-        self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed)
+        self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed,
+                                   check_interval=config.reload_interval)
         self._models: dict[str, str | None] = {}  # served name -> parent (None for a base model)
         self._models_at = -1e9
         self._models_lock = asyncio.Lock()
@@ -205,10 +210,10 @@ class Gateway:
         target = self.canary.pick(name)
         now = time.monotonic()
         stale = now - self._models_at > self.config.models_ttl
-        missing = target not in self._models and now - self._models_at > 1.0
+        missing = target not in self._models and now - self._models_at > MISS_REFRESH_SECONDS
         if stale or missing:
-            async with self._models_lock:
-                if time.monotonic() - self._models_at > min(1.0, self.config.models_ttl):
+            async with self._models_lock:  # one refresh for a burst of requests
+                if time.monotonic() - self._models_at > min(MISS_REFRESH_SECONDS, self.config.models_ttl):
                     await self._refresh_models()
         if target not in self._models:
             what = "model" if target == name else f"model (canary version of {name!r})"
@@ -393,7 +398,7 @@ class Gateway:
                         if upstream_id != b'""':
                             event = event.replace(upstream_id, ours, 1)
                         datas.append(data)
-                        if not client_usage and b'"choices":[]' in data and b'"usage"' in data:
+                        if not client_usage and (b'"usage":{' in data or b'"usage": {' in data) and _is_usage_only(data):
                             continue  # the usage chunk we asked for on the client's behalf
                     if out.ttft is None:
                         out.ttft = time.perf_counter() - started
@@ -468,6 +473,14 @@ class Gateway:
                 "completionTokens": out.completion_tokens, "latencyMs": round(elapsed * 1000, 3),
                 "safety": safety, "feedback": None,
             })
+
+
+def _is_usage_only(data: bytes) -> bool:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and not chunk.get("choices") and isinstance(chunk.get("usage"), dict)
 
 
 def _replace_with_refusal(kind: str, answer: dict) -> None:

@@ -80,7 +80,8 @@ class PreparedData:
     chat_template: str | None = None
     """The chat template used for tokenising (the spec's, else the tokenizer's); None for text."""
     extras: dict[str, Any] = field(default_factory=dict)
-    """Room for later additions without changing the constructor."""
+    """Room for later additions without changing the constructor. `train_origins`: the
+    `file:line` each training sample came from, aligned with `train`."""
 
 
 def prepare(spec, tokenizer, *, base_dir: Path | None = None, log: Callable[[str], None] = print) -> PreparedData:
@@ -107,10 +108,13 @@ def prepare(spec, tokenizer, *, base_dir: Path | None = None, log: Callable[[str
         converted = data_formats.convert_rows(source, loaded, label_field=data_balance.label_field(spec, source))
         data_sources.check_bad_rows(source, loaded, converted.bad, pre.max_bad_rows_fraction)
         data_report.add_source(report, source, loaded, converted)
-        for bad in converted.bad[: data_sources.BAD_ROWS_LOGGED]:
-            log(f"skipped {bad}")
+        bad = loaded.bad + converted.bad
+        for problem in bad[: data_sources.BAD_ROWS_LOGGED]:
+            log(f"skipped {problem}")
+        if len(bad) > data_sources.BAD_ROWS_LOGGED:
+            log(f"... and {len(bad) - data_sources.BAD_ROWS_LOGGED} more malformed rows in {loaded.path}")
         examples.extend(converted.examples)
-        log(f"dataset {source.name}: {len(converted.examples)} rows from {loaded.path} ({len(converted.bad)} malformed)")
+        log(f"dataset {source.name}: {len(converted.examples)} rows from {loaded.path} ({len(bad)} malformed, skipped)")
     if not examples:
         raise DataError("no usable rows in spec.datasets: every source is empty or malformed")
 
@@ -118,11 +122,11 @@ def prepare(spec, tokenizer, *, base_dir: Path | None = None, log: Callable[[str
     examples, empty = data_clean.clean(examples)
     report["dropped"]["empty"] = empty
     examples, exact, near = data_clean.deduplicate(examples, pre.dedup, seed=seed)
-    report["duplicates"] = {"exact": exact, "near": near}
+    report["duplicates"].update(exact=exact, near=near)
     report["dropped"]["duplicateExact"], report["dropped"]["duplicateNear"] = exact, near
     if pre.pii_redaction:
         examples, counts, rows = data_clean.redact_pii(examples)
-        report["redactions"] = {"byKind": counts, "rows": rows, "total": sum(counts.values())}
+        report["redactions"].update(byKind=counts, rows=rows, total=sum(counts.values()))
 
     # 3. tokenise
     result = data_tokenize.tokenise_all(
@@ -165,6 +169,7 @@ def prepare(spec, tokenizer, *, base_dir: Path | None = None, log: Callable[[str
         eval_prompts=eval_prompts,
         digest=digest,
         chat_template=template,
+        extras={"train_origins": [t.example.origin for t in train]},
     )
 
 

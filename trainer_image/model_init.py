@@ -20,8 +20,11 @@ log = logging.getLogger(__name__)
 QLORA_NEEDS_GPU = "qlora needs a CUDA GPU; use method lora on CPU"
 
 
-def resolve_model_dir(spec: FineTuneJobSpec) -> Path:
-    """The local folder of spec.baseModel.uri, checked to look like a Hugging Face model."""
+def resolve_model_dir(spec: FineTuneJobSpec, base_dir: Path | None = None) -> Path:
+    """The local folder of spec.baseModel.uri, checked to look like a Hugging Face model.
+
+    A relative path is tried as given, then relative to `base_dir` (the job file's folder).
+    """
     uri = spec.base_model.uri
     try:
         path = Path(local_path(uri))
@@ -29,6 +32,8 @@ def resolve_model_dir(spec: FineTuneJobSpec) -> Path:
         raise TrainerConfigError(
             f"spec.baseModel.uri {uri!r}: {exc}; copy the model to a PVC or the model cache first"
         ) from exc
+    if not path.is_absolute() and not path.exists() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
     if not path.is_dir():
         raise TrainerConfigError(
             f"spec.baseModel.uri {uri!r}: model directory {path} does not exist; point it at a "

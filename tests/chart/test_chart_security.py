@@ -85,6 +85,8 @@ def test_operator_can_do_its_job(default_render):
 
 def test_read_only_where_the_operator_only_observes(default_render):
     assert not WRITE_VERBS & _grants(default_render, "", "pods")
+    assert not WRITE_VERBS & _grants(default_render, "", "persistentvolumeclaims")
+    assert not WRITE_VERBS & _grants(default_render, "ray.io", "rayclusters")
     assert not WRITE_VERBS & _grants(default_render, "apiextensions.k8s.io", "customresourcedefinitions")
     assert "delete" not in _grants(default_render, "kubetune.io", "finetunejobs")
 
@@ -115,9 +117,7 @@ def test_integrations_add_only_their_own_permissions(default_render, integration
 def test_without_kuberay_no_rayjob_permissions():
     rendered = render_chart({"integrations": {"kuberay": {"enabled": False}}})
     assert not _grants(rendered, "ray.io", "rayjobs")
-    (deployment,) = rendered.of_kind("Deployment")
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBETUNE_ENABLE_RAYJOB"] == "false"
+    assert not _grants(rendered, "ray.io", "rayclusters")
 
 
 def test_namespaced_mode_grants_nothing_cluster_wide(namespaced_render):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
 import datetime as dt
 import json
 import re
@@ -122,13 +123,20 @@ def kinds_from_crd(crd: dict[str, Any]) -> list[Kind]:
 
 
 def load_crd_files(*paths: Path) -> list[dict[str, Any]]:
-    """CRD documents from YAML files (multi-document files allowed, non-CRDs skipped)."""
-    crds = []
-    for path in paths:
-        for doc in yaml.safe_load_all(Path(path).read_text()):
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
-                crds.append(doc)
-    return crds
+    """CRD documents from YAML files (multi-document files allowed, non-CRDs skipped).
+
+    Parsed once per process and shared read-only: the KubeRay CRDs are 40k lines.
+    """
+    return [doc for path in paths for doc in _load_crd_file(str(Path(path).resolve()))]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_crd_file(path: str) -> tuple[dict[str, Any], ...]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return tuple(
+        doc for doc in yaml.load_all(Path(path).read_text(), Loader=loader)
+        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+    )
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -308,7 +316,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         for kind in kinds_from_crd(crd):
             self.register_kind(kind)
         crd_kind = self._kinds[("apiextensions.k8s.io", "v1", "customresourcedefinitions")]
-        obj = copy.deepcopy(crd)
+        # Shallow: the (large) schema is shared read-only with the cached parse.
+        obj = {**crd, "metadata": dict(crd.get("metadata") or {})}
         obj.setdefault("apiVersion", "apiextensions.k8s.io/v1")
         obj.setdefault("kind", "CustomResourceDefinition")
         self._stamp_new(obj, crd_kind)
@@ -350,6 +359,36 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ]
 
     # ------------------------------------------------------------------ request dispatch
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock's path parser reads /api/v1/namespaces[/NAME] as a namespace prefix and fails
+        # or misroutes; parse those paths ourselves and leave everything else to kmock.
+        match = _NAMESPACE_PATH.match(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        await raw_request.read()
+        try:
+            data = await raw_request.json()
+        except ValueError:
+            data = None
+        name, subresource = match.group(1), match.group(2)
+        method = enums.method(raw_request.method)
+        query = dict(raw_request.query)
+        if method == enums.method.GET and query.get("watch") in ("true", "1"):
+            action = enums.action.WATCH
+        elif name is None:
+            action = enums.action.LIST if method == enums.method.GET else enums.action.CREATE
+        else:
+            action = {enums.method.GET: enums.action.FETCH, enums.method.PATCH: enums.action.UPDATE,
+                      enums.method.DELETE: enums.action.DELETE}.get(method)
+        request = rendering.Request(
+            id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=raw_request.method,
+            params=query, headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
+            data=data, body=await raw_request.read(), text=await raw_request.text(), action=action,
+            resource=kmock.resource("", "v1", "namespaces"), namespace=None, name=name, subresource=subresource,
+        )
+        self._requests.append(request)
+        return await self._handle(request)
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_version(request)
@@ -709,6 +748,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             "columnDefinitions": columns,
             "rows": rows,
         }
+
+
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?(?:/(status|finalize))?/?$")
 
 
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:

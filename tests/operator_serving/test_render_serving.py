@@ -224,7 +224,7 @@ def test_gateway_sidecar_gets_keys_by_reference_and_its_settings():
     deploy = _deployment(case_adapter_on_pvc())
     gateway = _container(deploy, "gateway")
     args = gateway["args"]
-    assert args[:3] == ["serve", "--upstream", "http://127.0.0.1:8000"]
+    assert args[:4] == ["serve", "--gateway-only", "--upstream", "http://127.0.0.1:8000"]
     assert args[args.index("--api-keys-file") + 1] == "/etc/kubetune/keys/keys.txt"
     assert args[args.index("--sample-rate") + 1] == "0.1"
     volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}

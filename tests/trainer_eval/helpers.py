@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
-def make_job(output: Path, base: Path, **spec_overrides):
+def make_job(output_dir: Path, base: Path, **spec_overrides):
     from kubetune.api import parse_finetunejob
 
     spec = {
@@ -19,7 +19,7 @@ def make_job(output: Path, base: Path, **spec_overrides):
             "maxNewTokens": 6,
             "gates": [{"metric": "evalLoss", "operator": "<=", "threshold": 100.0}],
         },
-        "output": {"uri": str(output)},
+        "output": {"uri": str(output_dir)},
     }
     for key, value in spec_overrides.items():
         spec[key] = value

@@ -11,10 +11,11 @@ from .helpers import PAIRS, load_base, make_job
 
 def test_generate_answers_left_pads_batches_consistently(lora_model, tokenizer):
     prompts = ["Hi", "What is the capital of France? Answer in one word please."]
+    side = tokenizer.padding_side
     together = generate_answers(lora_model, tokenizer, prompts, max_new_tokens=5, batch_size=2)
     alone = [generate_answers(lora_model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
     assert together == alone
-    assert tokenizer.padding_side == "right" or tokenizer.padding_side == "left"
+    assert tokenizer.padding_side == side  # restored for the training collator
 
 
 def test_evaluate_job_compares_base_and_tuned_and_applies_gates(lora_model, tokenizer, validation, tmp_path, tiny_model_dir):

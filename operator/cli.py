@@ -1,0 +1,64 @@
+"""`kubetune operator`: run the operator against the cluster of KUBECONFIG or in-cluster."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the kubetune operator (FineTuneJob, ModelDeployment)",
+        description="Reconcile FineTuneJobs and ModelDeployments. Settings come from KUBETUNE_* "
+        "environment variables (see docs/operator.md); flags override them.",
+    )
+    parser.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
+                        help="watch this namespace (repeatable); default: KUBETUNE_NAMESPACES or cluster-wide")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz (default: KUBETUNE_LIVENESS)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                        help="Prometheus metrics port, 0 disables (default: KUBETUNE_METRICS_PORT or 8080)")
+    parser.add_argument("--standalone", action="store_true",
+                        help="no peering with other operator replicas (use with a single replica)")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    parser.add_argument("--verbose", action="store_true", help="log handler progress")
+    parser.add_argument("--debug", action="store_true", help="log every API call")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+
+    import kopf
+
+    from .k8s import KubeApi, load_api_client
+    from .main import run_operator
+    from .settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"kubetune operator: {exc}", file=sys.stderr)
+        return 2
+    if args.namespace:
+        settings = dataclasses.replace(settings, namespaces=tuple(args.namespace))
+    kopf.configure(
+        debug=args.debug,
+        verbose=args.verbose,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    try:
+        api = KubeApi(load_api_client(args.kubeconfig), threads=settings.api_threads)
+    except Exception as exc:  # no kubeconfig, unreadable file
+        print(f"kubetune operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
+        return 2
+    liveness = args.liveness if args.liveness is not None else settings.liveness_endpoint
+    metrics_port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    try:
+        asyncio.run(run_operator(settings, api=api, standalone=args.standalone,
+                                 liveness_endpoint=liveness or None, metrics_port=metrics_port))
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,246 @@
+"""kopf wiring for FineTuneJob: parse, render, apply, set status. No logic of its own.
+
+Level-based: every entry point (create, update, resume, a child's event, the per-job resync
+daemon) reads the job and its children and converges; applying is create-or-patch by
+deterministic names, so repeats and operator restarts never duplicate anything. Status is
+written only when it changes (status_training decides what it should say).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import yaml
+
+from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, immutable_changes, validate_object
+from kubetune.api.finetunejob import MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
+
+from . import events, metrics
+from .conditions import find_condition, now_rfc3339, status_patch
+from .k8s import KINDS, Invalid, KubeApi, KubeError
+from .render_common import LABEL_FINETUNEJOB
+from .render_rbac import render_rbac
+from .render_training import CONFIG_FILE, config_map_name, render_config_map, render_workload, workload_name
+from .status_training import Observed, desired_status, rejected_status
+
+log = logging.getLogger(__name__)
+
+FTJ = ("kubetune.io", "v1alpha1", "finetunejobs")
+FTJ_RES = KINDS["FineTuneJob"]
+KUBERAY_MISSING = (
+    "KubeRay is not installed: this cluster serves no ray.io/v1 RayJob. Install the KubeRay operator "
+    "(helm repo add kuberay https://ray-project.github.io/kuberay-helm/ && helm install kuberay-operator "
+    "kuberay/kuberay-operator) or, for a single worker, set spec.engine: Job."
+)
+UPDATE_REJECTED = "UpdateRejected"
+
+
+def _api(memo: Any) -> KubeApi:
+    return memo.api
+
+
+def _lock(memo: Any, namespace: str, name: str) -> asyncio.Lock:
+    return memo.locks.setdefault((namespace, name), asyncio.Lock())
+
+
+def _as_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
+    doc = {k: v for k, v in dict(body).items() if k != "status"}
+    doc.setdefault("apiVersion", API_VERSION)
+    doc.setdefault("kind", "FineTuneJob")
+    return doc
+
+
+def effective_spec(desired: FineTuneJobSpec, accepted: Mapping[str, Any] | None) -> tuple[FineTuneJobSpec, list[str]]:
+    """The spec to run once training started: the accepted one plus the mutable changes.
+
+    Returns the spec and the immutable fields whose changes are ignored (for a condition).
+    """
+    if accepted is None:
+        return desired, []
+    old = FineTuneJobSpec.model_validate(accepted)
+    rejected = immutable_changes(old, desired)
+    wire = old.to_wire()
+    new_wire = desired.to_wire()
+    for key in MUTABLE_SPEC_FIELDS:
+        if key in new_wire:
+            wire[key] = new_wire[key]
+        else:
+            wire.pop(key, None)
+    if desired.suspend:
+        for key in PLACEMENT_FIELDS:
+            if key in new_wire.get("resources", {}):
+                wire.setdefault("resources", {})[key] = new_wire["resources"][key]
+            else:
+                wire.get("resources", {}).pop(key, None)
+    return FineTuneJobSpec.model_validate(wire), rejected
+
+
+async def _write_status(api: KubeApi, body: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Patch the status if it differs; post an Event and update metrics on phase changes."""
+    current = body.get("status") or {}
+    patch = status_patch(current, desired)
+    meta = body["metadata"]
+    if patch is None:
+        metrics.record_finetunejob_phase(meta["namespace"], meta["name"], current.get("phase"))
+        return None
+    await api.patch_status(FTJ_RES, meta["namespace"], meta["name"], patch)
+    new_phase = desired.get("phase", current.get("phase"))
+    events.emit_phase_change(body, current.get("phase"), new_phase, desired.get("failure"))
+    metrics.record_finetunejob_phase(meta["namespace"], meta["name"], new_phase)
+    if new_phase in ("Succeeded", "Failed"):
+        metrics.record_finetunejob_duration(
+            meta["namespace"], meta["name"], meta.get("uid", ""),
+            desired.get("startTime") or meta.get("creationTimestamp"), desired.get("completionTime"),
+        )
+    return patch
+
+
+async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str) -> Observed:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    workload = await api.get(KINDS[engine], namespace, workload_name(name, engine))
+    if workload is None:
+        other = "Job" if engine == "RayJob" else "RayJob"
+        alt = await api.get(KINDS[other], namespace, workload_name(name, other)) if (body.get("status") or {}).get("rayJobName") else None
+        if alt is not None:
+            workload, engine = alt, other
+    pods = await api.list(KINDS["Pod"], namespace, label_selector=f"{LABEL_FINETUNEJOB}={name}") if workload else []
+    return Observed(engine=engine, workload=workload, pods=pods)
+
+
+async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
+    """Converge one FineTuneJob: validate, render, apply children, then sync status."""
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    now = now_rfc3339()
+    errors = validate_object(_as_manifest(body))
+    if errors:
+        message = "; ".join(str(e) for e in errors)
+        await _write_status(api, body, rejected_status(body, "InvalidSpec", message, now=now, failed=True))
+        return
+    job = FineTuneJob.model_validate(_as_manifest(body))
+    if job.spec.engine == "RayJob" and not await api.has_resource("ray.io/v1", "rayjobs"):
+        await _write_status(api, body, rejected_status(body, "KubeRayNotInstalled", KUBERAY_MISSING, now=now, failed=False))
+        return
+
+    accepted = None
+    if (body.get("status") or {}).get("startTime"):
+        cm = await api.get(KINDS["ConfigMap"], meta["namespace"], config_map_name(meta["name"]))
+        if cm is not None:
+            accepted = yaml.safe_load(cm["data"][CONFIG_FILE])["spec"]
+    spec, rejected = effective_spec(job.spec, accepted)
+    job = job.model_copy(update={"spec": spec})
+
+    owner = dict(body)
+    try:
+        for child in render_rbac(owner):
+            await api.apply(child)
+        await api.apply(render_config_map(owner, job))
+        workload, created = await api.apply(render_workload(owner, job, memo.settings))
+    except Invalid as exc:
+        await _write_status(api, body, rejected_status(body, "ChildRejected", f"the API server rejected a child: {exc.message}",
+                                                     now=now, failed=True))
+        return
+    if created:
+        events.emit(body, "Created", f"created {workload['kind']} {workload['metadata']['name']}")
+
+    extra, drop = [], []
+    if rejected:
+        extra.append({
+            "type": UPDATE_REJECTED, "status": "True", "reason": "ImmutableFieldChanged",
+            "message": "training already started; these changes are ignored: " + ", ".join(rejected)
+            + ". Create a new FineTuneJob to change them (suspend, activeDeadlineSeconds, backoffLimit, deployTo and, "
+            "while suspended, placement may change).",
+        })
+    else:
+        drop.append(UPDATE_REJECTED)
+    fresh = await api.get(FTJ_RES, meta["namespace"], meta["name"]) or body
+    observed = await _observe(api, fresh, spec.engine)
+    await _write_status(api, fresh, desired_status(fresh, observed, now=now, extra=extra, drop=drop))
+
+
+async def sync_status(api: KubeApi, memo: Any, namespace: str, name: str) -> None:
+    """Re-read a job and its children and write the status if it changed (level-based)."""
+    body = await api.get(FTJ_RES, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    accepted = find_condition((body.get("status") or {}).get("conditions"), "Accepted")
+    if accepted is None or accepted.get("status") != "True":
+        if accepted is not None and accepted.get("reason") == "KubeRayNotInstalled":
+            await reconcile(api, memo, body)  # KubeRay may have been installed since
+        return
+    engine = (body.get("spec") or {}).get("engine", "RayJob")
+    observed = await _observe(api, body, engine)
+    phase = (body.get("status") or {}).get("phase")
+    if observed.workload is None and phase not in ("Succeeded", "Failed"):
+        await reconcile(api, memo, body)  # a child was deleted behind our back: recreate it
+        return
+    await _write_status(api, body, desired_status(body, observed, now=now_rfc3339()))
+
+
+async def _guarded(memo: Any, namespace: str, name: str, coro_fn: Any) -> None:
+    async with _lock(memo, namespace, name):
+        try:
+            await coro_fn()
+        except Exception:
+            metrics.record_reconcile_error("FineTuneJob")
+            raise
+
+
+# ----------------------------------------------------------------------------- kopf wiring
+
+
+@kopf.on.resume(*FTJ)
+@kopf.on.create(*FTJ)
+@kopf.on.update(*FTJ)
+async def finetunejob_changed(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    await _guarded(memo, namespace, name, lambda: reconcile(_api(memo), memo, body))
+
+
+@kopf.on.delete(*FTJ, optional=True)
+async def finetunejob_deleted(namespace: str, name: str, **_: Any) -> None:
+    """Children go with their owner (ownerReferences); artifacts on storage are kept."""
+    metrics.record_finetunejob_phase(namespace, name, None)
+
+
+@kopf.daemon(*FTJ, cancellation_timeout=1.0)
+async def finetunejob_resync(stopped: kopf.DaemonStopped, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
+    """Level-based safety net: re-read the children every KUBETUNE_RESYNC_SECONDS."""
+    while not stopped:
+        await stopped.wait(memo.settings.resync_seconds)
+        if stopped:
+            break
+        try:
+            await _guarded(memo, namespace, name, lambda: sync_status(_api(memo), memo, namespace, name))
+        except (KubeError, kopf.TemporaryError) as exc:
+            log.warning("resync of %s/%s failed, will retry: %s", namespace, name, exc)
+
+
+def _owner_of(labels: Mapping[str, str] | None) -> str | None:
+    return (labels or {}).get(LABEL_FINETUNEJOB)
+
+
+async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], type_: str | None) -> None:
+    owner = _owner_of(labels)
+    if owner and type_ is not None:
+        await _guarded(memo, namespace, owner, lambda: sync_status(_api(memo), memo, namespace, owner))
+
+
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
+async def rayjob_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
+    await _child_changed(memo, namespace, labels, type)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
+async def batch_job_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
+    await _child_changed(memo, namespace, labels, type)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
+async def pod_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
+    await _child_changed(memo, namespace, labels, type)

@@ -1,0 +1,526 @@
+"""kopf wiring for ModelDeployment: resolve, render, apply, load adapters, write status.
+
+The decisions are pure (status_serving, render_serving); this module only gathers inputs
+(FineTuneJobs from an index, the Deployment and pods from the API, each engine's
+/v1/models) and writes outputs (children, adapter loads, one status patch).
+
+Reconciliation is level-based: the same `reconcile()` runs on create/update/resume and on a
+timer every `KUBETUNE_SERVING_RESYNC_SECONDS`, so a pod that restarted gets its adapters
+again and Deployment readiness reaches the status without watching every pod. A FineTuneJob
+that finishes nudges the ModelDeployments that use it (its `deployTo` target, or those that
+reference it) by an annotation, so promotion does not wait for the timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from prometheus_client import REGISTRY, Gauge
+
+from kubetune.api import ManifestError, parse_modeldeployment
+
+from . import render_serving as rs
+from . import status_serving as ss
+from .conditions import condition, now_rfc3339, set_conditions, status_patch
+from .k8s import KubeApi, KubeError, NotFound, Resource
+from .metrics import RECONCILE_ERRORS
+from .settings import Settings
+from .vllm_admin import FAILED, LOADED, LOADING, EngineUnreachable, VllmAdmin, VllmAdminError, sync_adapters
+from .vllm_args import EngineArgsError
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = "kubetune.io", "v1alpha1"
+MD = (GROUP, VERSION, "modeldeployments")
+FTJ = (GROUP, VERSION, "finetunejobs")
+NUDGE_ANNOTATION = "kubetune.io/source-revision"
+
+RESOURCES: dict[str, Resource] = {
+    "ConfigMap": Resource("v1", "configmaps"),
+    "Service": Resource("v1", "services"),
+    "Pod": Resource("v1", "pods"),
+    "Deployment": Resource("apps/v1", "deployments"),
+    "HorizontalPodAutoscaler": Resource("autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": Resource("policy/v1", "poddisruptionbudgets"),
+    "ScaledObject": Resource("keda.sh/v1alpha1", "scaledobjects"),
+    "PodMonitor": Resource("monitoring.coreos.com/v1", "podmonitors"),
+    "ServiceMonitor": Resource("monitoring.coreos.com/v1", "servicemonitors"),
+    "ModelDeployment": Resource(f"{GROUP}/{VERSION}", "modeldeployments"),
+}
+OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "ScaledObject", "PodDisruptionBudget", "PodMonitor", "ServiceMonitor")
+"""Children that come and go with the spec or settings; stale ones are deleted by name."""
+
+# Keys a merge patch would otherwise leave behind when a new rendering omits them.
+_DEPLOYMENT_OPTIONAL_POD_KEYS = ("initContainers", "nodeSelector", "tolerations")
+
+PHASES = ("Pending", "WaitingForTraining", "Deploying", "Ready", "Degraded", "Failed")
+
+
+def _gauge() -> Gauge:
+    """`kubetune_modeldeployments{phase}` in the default registry, like operator/metrics.py's."""
+    existing = getattr(REGISTRY, "_names_to_collectors", {}).get("kubetune_modeldeployments")
+    if existing is not None:
+        return existing  # the module was imported twice in one process (tests)
+    return Gauge("kubetune_modeldeployments", "ModelDeployments by phase, as the operator last saw them.", ["phase"])
+
+
+MODELDEPLOYMENTS = _gauge()
+_phases: dict[tuple[str, str], str] = {}
+
+
+def _record_phase(namespace: str, name: str, phase: str | None) -> None:
+    if phase is None:
+        _phases.pop((namespace, name), None)
+    else:
+        _phases[(namespace, name)] = phase
+    for known in PHASES:
+        MODELDEPLOYMENTS.labels(phase=known).set(sum(1 for p in _phases.values() if p == known))
+
+
+# ----------------------------------------------------------------------------- shared clients
+
+_state: dict[str, Any] = {}
+
+
+def kube(memo: Any = None) -> KubeApi:
+    """The operator's KubeApi (from the operator memo when main.py put one there)."""
+    for attr in ("kube", "api", "kube_api"):
+        client = getattr(memo, attr, None) if memo is not None else None
+        if isinstance(client, KubeApi):
+            return client
+    if "kube" not in _state:
+        _state["kube"] = KubeApi()
+    return _state["kube"]
+
+
+def serving_settings(memo: Any = None) -> rs.ServingSettings:
+    """Serving settings: the operator's Settings (memo.settings) where they overlap, else env."""
+    operator_settings = getattr(memo, "settings", None) if memo is not None else None
+    key = ("settings", id(operator_settings))
+    if key not in _state:
+        _state[key] = from_operator_settings(operator_settings)
+    return _state[key]
+
+
+def from_operator_settings(settings: Settings | None, env: Mapping[str, str] | None = None) -> rs.ServingSettings:
+    import dataclasses
+    import os
+
+    env = os.environ if env is None else env
+    serving = rs.ServingSettings.from_env(env)
+    if not isinstance(settings, Settings):
+        return serving
+    overrides: dict[str, Any] = {
+        "vllm_image": settings.vllm_image,
+        "gateway_image": settings.gateway_image,
+        "kubetune_image": settings.trainer_image,
+        "enable_keda": settings.enable_keda,
+        "model_cache_claim": settings.model_cache_claim or None,
+    }
+    if not env.get("KUBETUNE_SERVING_RESYNC_SECONDS"):
+        overrides["resync_seconds"] = settings.resync_seconds
+    return dataclasses.replace(serving, **overrides)
+
+
+def reset_state() -> None:
+    """Forget cached clients and settings (tests change the environment between operators)."""
+    client = _state.pop("kube", None)
+    if client is not None:
+        client.close()
+    _state.clear()
+    _phases.clear()
+    _nudged.clear()
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*FTJ)
+def finetunejobs_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """FineTuneJobs by namespace, as the plain dicts the pure resolvers read."""
+    return {
+        namespace: {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": dict(body.get("spec") or {}),
+            "status": dict(body.get("status") or {}),
+        }
+    }
+
+
+@kopf.index(*MD)
+def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    """Which ModelDeployments reference a FineTuneJob (model or adapters)."""
+    refs = set()
+    model_ref = (spec.get("model") or {}).get("fineTuneJobRef") or {}
+    if model_ref.get("name"):
+        refs.add(model_ref["name"])
+    for adapter in spec.get("adapters") or []:
+        ref = adapter.get("fineTuneJobRef") or {}
+        if ref.get("name"):
+            refs.add(ref["name"])
+    return {(namespace, job): name for job in refs}
+
+
+def _jobs_in(index: Mapping[Any, Any], namespace: str) -> dict[str, dict[str, Any]]:
+    return {job["metadata"]["name"]: job for job in index.get(namespace, [])}
+
+
+# ----------------------------------------------------------------------------- FineTuneJob -> nudge
+
+
+def job_revision(status: Mapping[str, Any]) -> str:
+    artifact = status.get("artifact") or {}
+    evaluation = status.get("evaluation") or {}
+    key = json.dumps(
+        [status.get("phase"), artifact.get("uri"), artifact.get("digest"), evaluation.get("passed")], sort_keys=True
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+_nudged: dict[tuple[str, str, str], str] = {}
+
+
+@kopf.on.event(*FTJ)
+async def nudge_deployments(
+    type: str, body: kopf.Body, memo: Any, modeldeployments_by_job: kopf.Index, **_: Any
+) -> None:
+    """A job finished (or its result changed): touch each ModelDeployment that serves it."""
+    if type == "DELETED":
+        return
+    status = body.get("status") or {}
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return  # progress updates do not change what may be served
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    targets = set(modeldeployments_by_job.get((namespace, name), []))
+    deploy_to = ((body.get("spec") or {}).get("deployTo") or {}).get("name")
+    if deploy_to:
+        targets.add(deploy_to)
+    revision = f"{name}:{job_revision(status)}"
+    api = kube(memo)
+    for target in sorted(targets):
+        if _nudged.get((namespace, name, target)) == revision:
+            continue
+        try:
+            await api.patch(
+                RESOURCES["ModelDeployment"], namespace, target,
+                {"metadata": {"annotations": {NUDGE_ANNOTATION: revision}}},
+            )
+        except NotFound:
+            pass  # a deployTo naming a missing deployment: nothing to promote into
+        _nudged[(namespace, name, target)] = revision
+
+
+# ----------------------------------------------------------------------------- ModelDeployment
+
+
+@kopf.on.create(*MD)
+@kopf.on.update(*MD)
+@kopf.on.resume(*MD)
+async def reconcile_modeldeployment(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
+) -> None:
+    await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
+    memo["serving_last_sync"] = time.monotonic()
+
+
+async def _reconcile_counted(body: kopf.Body, patch: kopf.Patch, memo: Any, index: kopf.Index) -> None:
+    try:
+        jobs = _jobs_in(index, body["metadata"]["namespace"])
+        await reconcile(body, patch, kube(memo), jobs, serving_settings(memo))
+    except Exception:
+        RECONCILE_ERRORS.labels(kind="ModelDeployment").inc()
+        raise
+
+
+@kopf.timer(*MD, interval=1.0, initial_delay=1.0)
+async def resync_modeldeployment(
+    body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
+) -> None:
+    """Level-based catch-up at the configured cadence (the 1 s tick itself makes no API call)."""
+    last = memo.get("serving_last_sync", 0.0)
+    if time.monotonic() - last < serving_settings(memo).resync_seconds:
+        return
+    memo["serving_last_sync"] = time.monotonic()
+    await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
+
+
+@kopf.on.delete(*MD, optional=True)
+def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
+    _record_phase(namespace, name, None)
+
+
+def _write_status(patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+    changes = status_patch(current, desired)
+    for key, value in (changes or {}).items():
+        patch.status[key] = value
+
+
+async def reconcile(
+    body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, jobs: Mapping[str, Any], settings: rs.ServingSettings
+) -> None:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    status = dict(body.get("status") or {})
+    generation = meta.get("generation")
+    stamp = now_rfc3339()
+
+    try:
+        md = parse_modeldeployment(
+            {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(meta), "spec": dict(body["spec"])}
+        )
+    except ManifestError as exc:
+        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
+        _record_phase(namespace, name, "Failed")
+        return
+
+    choice = ss.resolve_model(md, jobs)
+    if choice.model is None:
+        assert choice.blocked is not None
+        deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
+        if deployment is not None and status.get("modelUri"):
+            # The previous model keeps serving until the new one may replace it.
+            phase = _still_serving(patch, status, choice.blocked, deployment, generation, stamp)
+        else:
+            _blocked(patch, status, choice.blocked, generation, stamp)
+            phase = choice.blocked.phase
+        _record_phase(namespace, name, phase)
+        return
+
+    desired, waiting = ss.resolve_adapters(md, jobs)
+    annotations = dict(meta.get("annotations") or {})
+    canary_status = status.get("canary")
+    served_adapters = {a["name"]: a.get("uri") for a in status.get("adapters") or []}
+    canary_served = (canary_status or {}).get("adapter", "") + ss.CANARY_SUFFIX if canary_status else None
+    stable = {n: u for n, u in served_adapters.items() if n != canary_served and u}
+    rolled_back = _json_annotation(annotations, ss.ROLLED_BACK_ANNOTATION)
+    plan = ss.plan_adapters(
+        desired,
+        stable=stable,
+        canary=canary_status,
+        strategy=md.spec.rollout.strategy,
+        weight=md.spec.rollout.canary_weight,
+        action=(annotations.get(ss.CANARY_ANNOTATION) or "").strip().lower() or None,
+        rolled_back=rolled_back,
+    )
+
+    inp = rs.RenderInput(
+        md=md,
+        model=choice.model,
+        adapter_uris=sorted(set(plan.serve.values())),
+        canary_routes=plan.routes,
+        settings=settings,
+    )
+    try:
+        children = rs.render_all(inp)
+    except (EngineArgsError, ValueError) as exc:
+        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
+        _record_phase(namespace, name, "Failed")
+        return
+
+    skipped = await _apply_children(api, children, namespace, name)
+    deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
+    health = ss.deployment_health(deployment)
+
+    pod_states = await _sync_pods(api, namespace, name, plan.serve, settings, keep=choice.model)
+    failures = [
+        f"{served} on {pod}: {msg}"
+        for pod, states in sorted(pod_states.items())
+        for served, (state, msg) in sorted(states.items())
+        if state == FAILED
+    ]
+    loading = sorted({served for states in pod_states.values() for served, (state, _) in states.items() if state == LOADING})
+    changed = plan.stable != stable or plan.canary != canary_status or plan.annotation_done
+    notes = (list(plan.notes) if changed else []) + plan.held + [f"{kind} not created: {why}" for kind, why in skipped]
+    phase, conditions = ss.serving_conditions(
+        health, adapter_failures=failures, adapters_loading=loading, waiting=waiting, notes=notes, canary=plan.canary
+    )
+
+    served_models = [choice.model.served_name]
+    if choice.model.adapter is not None:
+        served_models.append(choice.model.adapter.name)
+    served_models += sorted(n for n in plan.serve if n not in served_models)
+    model_uri = choice.model.adapter.path if choice.model.adapter is not None else choice.model.uri
+    desired_status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": set_conditions(status.get("conditions"), conditions, generation=generation, now=stamp),
+        "observedGeneration": generation,
+        "readyReplicas": health.ready if health else 0,
+        "endpoint": rs.endpoint(name, namespace),
+        "servedModels": served_models,
+        "modelUri": model_uri,
+        "adapters": ss.adapter_status(plan, desired, pod_states) or None,
+        "canary": plan.canary,
+    }
+    if status.get("modelUri") != model_uri or not status.get("lastDeployTime"):
+        desired_status["lastDeployTime"] = stamp
+    _write_status(patch, status, desired_status)
+    _record_phase(namespace, name, phase)
+
+    if plan.annotation_done:
+        patch.metadata.annotations[ss.CANARY_ANNOTATION] = None
+    refused = json.dumps(plan.rolled_back, sort_keys=True) if plan.rolled_back else None
+    if refused != annotations.get(ss.ROLLED_BACK_ANNOTATION):
+        patch.metadata.annotations[ss.ROLLED_BACK_ANNOTATION] = refused
+    old_revisions = _json_annotation(annotations, ss.REVISIONS_ANNOTATION)
+    revisions = ss.update_revisions(old_revisions, stable, plan.stable)
+    if revisions != old_revisions:
+        patch.metadata.annotations[ss.REVISIONS_ANNOTATION] = json.dumps(revisions, sort_keys=True) if revisions else None
+    if plan.stable != stable or plan.canary != canary_status or plan.annotation_done:
+        for note in plan.notes:  # only real transitions become Events, not every resync
+            kopf.info(body, reason="AdapterRollout", message=note)
+
+
+def _json_annotation(annotations: Mapping[str, str], key: str) -> dict[str, Any]:
+    try:
+        value = json.loads(annotations.get(key) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _still_serving(
+    patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, deployment: Mapping[str, Any],
+    generation: Any, stamp: str,
+) -> str:
+    health = ss.deployment_health(deployment)
+    phase, conditions = ss.serving_conditions(health)
+    conditions = [c for c in conditions if c["type"] != "Progressing"] + [
+        condition("Progressing", False, blocked.reason, f"still serving {status['modelUri']}; {blocked.message}")
+    ]
+    _write_status(patch, status, {
+        "phase": phase,
+        "conditions": set_conditions(status.get("conditions"), conditions, generation=generation, now=stamp),
+        "observedGeneration": generation,
+        "readyReplicas": health.ready if health else 0,
+    })
+    return phase
+
+
+def _blocked(patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, generation: Any, stamp: str) -> None:
+    _write_status(
+        patch,
+        status,
+        {
+            "phase": blocked.phase,
+            "conditions": set_conditions(
+                status.get("conditions"), ss.blocked_conditions(blocked), generation=generation, now=stamp
+            ),
+            "observedGeneration": generation,
+        },
+    )
+
+
+# ----------------------------------------------------------------------------- children
+
+
+async def _apply_children(api: KubeApi, children: list[dict[str, Any]], namespace: str, name: str) -> list[tuple[str, str]]:
+    """Create or merge-patch each child; delete optional kinds no longer rendered.
+
+    Returns (kind, why) for children whose API is not installed (KEDA, prometheus-operator):
+    the rest of the deployment still works, and the status says what is missing.
+    """
+    skipped = []
+    rendered = {c["kind"] for c in children}
+    for child in children:
+        res = RESOURCES[child["kind"]]
+        if child["kind"] in OPTIONAL_KINDS and not await api.has_resource(res.api_version, res.plural):
+            skipped.append((child["kind"], f"{res.api_version} {res.plural} is not installed in the cluster"))
+            continue
+        await _apply(api, res, child)
+    names = rs.names(name)
+    stale = {
+        "HorizontalPodAutoscaler": names["hpa"], "ScaledObject": names["scaledobject"],
+        "PodDisruptionBudget": names["pdb"], "PodMonitor": names["monitor"], "ServiceMonitor": names["monitor"],
+    }
+    for kind, child_name in stale.items():
+        if kind in rendered:
+            continue
+        res = RESOURCES[kind]
+        if not await api.has_resource(res.api_version, res.plural):
+            continue
+        existing = await api.get(res, namespace, child_name)
+        if existing and _owned_by_us(existing, name):
+            await api.delete(res, namespace, child_name)
+    return skipped
+
+
+def _owned_by_us(obj: Mapping[str, Any], md_name: str) -> bool:
+    return any(
+        ref.get("kind") == "ModelDeployment" and ref.get("name") == md_name
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
+async def _apply(api: KubeApi, res: Resource, obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    try:
+        return await api.call("POST", res.path(meta["namespace"]), body=obj)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+    patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    patch["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
+    if obj["kind"] == "Deployment":
+        pod = patch["spec"]["template"]["spec"]
+        for key in _DEPLOYMENT_OPTIONAL_POD_KEYS:
+            pod.setdefault(key, None)
+        patch["spec"]["template"]["metadata"].setdefault("annotations", None)
+    return await api.patch(res, meta["namespace"], meta["name"], patch)
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or not status.get("podIP"):
+        return False
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+async def _sync_pods(
+    api: KubeApi,
+    namespace: str,
+    name: str,
+    serve: Mapping[str, str],
+    settings: rs.ServingSettings,
+    *,
+    keep: rs.ResolvedModel,
+) -> dict[str, dict[str, tuple[str, str]]]:
+    """Per pod: make its engine serve `serve` (name -> URI); pod name -> served name -> state."""
+    selector = ",".join(f"{k}={v}" for k, v in rs.selector_labels(name).items())
+    pods = await api.list(RESOURCES["Pod"], namespace, label_selector=selector)
+    desired = {served: rs.pod_path(uri, settings) for served, uri in serve.items()}
+    kept = frozenset({keep.adapter.name} if keep.adapter is not None else ())
+    port = settings.admin_port or settings.vllm_port
+
+    async def one(pod: Mapping[str, Any]) -> tuple[str, dict[str, tuple[str, str]]]:
+        pod_name = pod["metadata"]["name"]
+        if not _pod_ready(pod):
+            return pod_name, {served: (LOADING, "waiting for the pod to be ready") for served in desired}
+        async with VllmAdmin(f"http://{pod['status']['podIP']}:{port}", timeout=120) as admin:
+            try:
+                return pod_name, await sync_adapters(admin, desired, keep=kept)
+            except EngineUnreachable as exc:
+                return pod_name, {served: (LOADING, f"engine not answering: {exc}") for served in desired}
+            except VllmAdminError as exc:
+                return pod_name, {served: (FAILED, str(exc)) for served in desired}
+
+    results = await asyncio.gather(*(one(pod) for pod in pods))
+    return dict(results)
+
+
+__all__ = [
+    "LOADED",
+    "reconcile",
+    "reset_state",
+]

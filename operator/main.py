@@ -1,0 +1,112 @@
+"""The operator process: kopf configured for kubetune, our handlers, metrics and login.
+
+`run_operator()` is what `kubetune operator` and the tests call; it runs kopf in the
+current event loop until `stop_flag` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import kopf
+
+from .k8s import KubeApi
+from .metrics import start_metrics_server
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = "kubetune.io"
+FINALIZER = "kubetune.io/finalizer"
+HANDLER_MODULES = (
+    "kubetune.operator.handlers_finetunejob",
+    "kubetune.operator.handlers_modeldeployment",
+    "kubetune.operator.handlers_monitoring",
+)
+
+
+def load_handlers() -> list[str]:
+    """Import the handler modules (they register with kopf); a missing one is only a notice."""
+    loaded = []
+    for module in HANDLER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise  # the module exists but one of its imports is broken
+            log.info("handler module %s is not part of this build; its resources are not reconciled", module)
+            continue
+        loaded.append(module)
+    return loaded
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
+    """kopf's bookkeeping goes to annotations, never to our strict status schema."""
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    kopf_settings.persistence.finalizer = FINALIZER
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.watching.reconnect_backoff = 0.5
+    kopf_settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+    kopf_settings.batching.idle_timeout = 60
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure_kopf(settings)
+
+
+@kopf.on.login()
+def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Log kopf in with the same credentials as our KubeApi (in-cluster or KUBECONFIG)."""
+    config = memo.api.api_client.configuration
+    auth = config.get_api_key_with_prefix("authorization") or config.get_api_key_with_prefix("BearerToken")
+    scheme, _, token = (auth or "").partition(" ")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        scheme=scheme or None if token else None,
+        token=token or None,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        username=config.username or None,
+        password=config.password or None,
+        default_namespace=None,
+    )
+
+
+async def run_operator(
+    settings: Settings,
+    *,
+    api: KubeApi | None = None,
+    standalone: bool = True,
+    liveness_endpoint: str | None = None,
+    metrics_port: int | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+) -> None:
+    """Run kopf with our handlers until stop_flag is set (or forever)."""
+    load_handlers()
+    api = api or KubeApi(threads=settings.api_threads)
+    if metrics_port:
+        start_metrics_server(metrics_port)
+    memo = kopf.Memo(api=api, settings=settings, locks={})
+    try:
+        await kopf.operator(
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            standalone=standalone,
+            liveness_endpoint=liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            memo=memo,
+        )
+    finally:
+        api.close()

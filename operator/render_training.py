@@ -1,0 +1,287 @@
+"""Pure rendering of a FineTuneJob into its training children: ConfigMap, RayJob or Job.
+
+Input is the FineTuneJob as stored (for name, namespace, uid, labels) plus the validated
+model and the operator settings; output is plain dicts ready to apply. No I/O, so every
+change shows up in the golden files under tests/operator/golden/.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from kubetune.api import FineTuneJob
+from kubetune.api.uris import parse_uri
+
+from .render_common import (
+    LABEL_FINETUNEJOB,
+    child_name,
+    container_security_context,
+    object_meta,
+    passthrough_labels,
+    pod_security_context,
+    standard_labels,
+)
+from .settings import Settings
+
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_FILE = "finetunejob.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+ENTRYPOINT_ARGV = ("kubetune", "train", "--config", CONFIG_PATH)
+"""Fixed argv: no user string ever reaches a shell (KubeRay's entrypoint is a string)."""
+RAYJOB_NAME_MAX = 47
+"""KubeRay derives RayCluster and Service names from the RayJob's and limits it to 47."""
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def config_map_name(job_name: str) -> str:
+    return child_name(job_name, "config")
+
+
+def workload_name(job_name: str, engine: str = "RayJob") -> str:
+    """Name of the RayJob (or Job) of a FineTuneJob."""
+    return child_name(job_name, "train", max_length=RAYJOB_NAME_MAX if engine == "RayJob" else 63)
+
+
+def service_account_name(job_name: str) -> str:
+    return child_name(job_name, "trainer")
+
+
+def training_labels(body: Mapping[str, Any], component: str) -> dict[str, str]:
+    """Labels of every training child: app.kubernetes.io/*, the job label, Kueue pass-through."""
+    meta = body["metadata"]
+    return standard_labels(
+        name="kubetune-trainer",
+        component=component,
+        instance=meta["name"],
+        extra={LABEL_FINETUNEJOB: meta["name"], **passthrough_labels(meta.get("labels"))},
+    )
+
+
+def training_manifest(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: a manifest with every default filled in."""
+    return {
+        "apiVersion": job.api_version,
+        "kind": job.kind,
+        "metadata": {"name": body["metadata"]["name"], "namespace": body["metadata"]["namespace"]},
+        "spec": job.spec.to_wire(),
+    }
+
+
+def render_config_map(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, Any]:
+    manifest = training_manifest(body, job)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(body, config_map_name(body["metadata"]["name"]), training_labels(body, "config")),
+        "data": {CONFIG_FILE: yaml.safe_dump(manifest, sort_keys=False)},
+    }
+
+
+# ----------------------------------------------------------------------------- pods
+
+
+def pvc_claims(job: FineTuneJob) -> dict[str, bool]:
+    """Claims referenced by pvc:// URIs -> whether the pods must write to it."""
+    spec = job.spec
+    sources = [spec.base_model.uri, *(d.uri for d in spec.datasets)]
+    if spec.evaluation.prompts_uri:
+        sources.append(spec.evaluation.prompts_uri)
+    if spec.evaluation.safety and spec.evaluation.safety.prompt_set not in ("builtin", ""):
+        sources.append(spec.evaluation.safety.prompt_set)
+    sinks = [spec.output.uri] + ([spec.checkpointing.uri] if spec.checkpointing.uri else [])
+    claims: dict[str, bool] = {}
+    for uri, writable in [(u, False) for u in sources] + [(u, True) for u in sinks]:
+        try:
+            parsed = parse_uri(uri)
+        except ValueError:
+            continue  # already reported by validation
+        if parsed.scheme == "pvc" and parsed.claim:
+            claims[parsed.claim] = claims.get(parsed.claim, False) or writable
+    return dict(sorted(claims.items()))
+
+
+def _volumes(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> tuple[list[dict], list[dict]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(body["metadata"]["name"])}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(job.spec.resources.shared_memory)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    for index, (claim, writable) in enumerate(pvc_claims(job).items()):
+        volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}})
+        mounts.append({"name": f"pvc-{index}", "mountPath": f"{settings.pvc_root}/{claim}", "readOnly": not writable})
+    if settings.model_cache_claim:
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": settings.model_cache_claim, "readOnly": True}})
+        mounts.append({"name": "model-cache", "mountPath": settings.model_cache, "readOnly": True})
+    return volumes, mounts
+
+
+def _env(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "KUBETUNE_JOB_NAME", "value": body["metadata"]["name"]},
+        {"name": "KUBETUNE_JOB_NAMESPACE", "value": body["metadata"]["namespace"]},
+        {"name": "KUBETUNE_PVC_ROOT", "value": settings.pvc_root},
+        {"name": "KUBETUNE_MODEL_CACHE", "value": settings.model_cache},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+        {"name": "HF_DATASETS_OFFLINE", "value": "1"},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    ref = job.spec.hf_token_secret_ref
+    if ref is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _worker_resources(job: FineTuneJob) -> dict[str, Any]:
+    res = job.spec.resources
+    amounts: dict[str, Any] = {"cpu": str(res.cpu), "memory": str(res.memory)}
+    if res.gpus_per_worker:
+        amounts[GPU_RESOURCE] = str(res.gpus_per_worker)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_spec(
+    body: Mapping[str, Any],
+    job: FineTuneJob,
+    settings: Settings,
+    *,
+    container_name: str,
+    resources: dict[str, Any],
+    placement: bool,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    res = job.spec.resources
+    volumes, mounts = _volumes(body, job, settings)
+    container: dict[str, Any] = {
+        "name": container_name,
+        "image": res.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": _env(body, job, settings),
+        "resources": resources,
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+    }
+    if command:
+        container["command"] = command
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account_name(body["metadata"]["name"]),
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if res.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s.name} for s in res.image_pull_secrets]
+    if res.tolerations:
+        spec["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.priority_class_name:
+        spec["priorityClassName"] = res.priority_class_name
+    if placement:
+        if res.node_selector:
+            spec["nodeSelector"] = dict(res.node_selector)
+        if res.affinity:
+            spec["affinity"] = res.affinity
+    return spec
+
+
+def _pod_template(body: Mapping[str, Any], role: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"labels": training_labels(body, role)}, "spec": spec}
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def render_rayjob(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+    """A KubeRay RayJob: a CPU-only head that runs the driver and N identical GPU workers."""
+    spec = job.spec
+    workers = spec.resources.workers
+    head = _pod_spec(
+        body, job, settings, container_name="ray-head", placement=False,
+        resources={
+            "requests": {"cpu": settings.head_cpu, "memory": settings.head_memory},
+            "limits": {"cpu": settings.head_cpu, "memory": settings.head_memory},
+        },
+    )
+    worker = _pod_spec(body, job, settings, container_name="ray-worker", resources=_worker_resources(job), placement=True)
+    submitter = _pod_spec(
+        body, job, settings, container_name="ray-job-submitter", placement=False,
+        resources={"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+    )
+    submitter["restartPolicy"] = "Never"
+    rayjob_spec: dict[str, Any] = {
+        "entrypoint": shlex.join(ENTRYPOINT_ARGV),
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "submissionMode": "K8sJobMode",
+        "submitterPodTemplate": _pod_template(body, "submitter", submitter),
+        "rayClusterSpec": {
+            "rayVersion": settings.ray_version,
+            "headGroupSpec": {
+                # The head only schedules; training runs on the workers.
+                "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+                "template": _pod_template(body, "head", head),
+            },
+            "workerGroupSpecs": [
+                {
+                    "groupName": "workers",
+                    "replicas": workers,
+                    "minReplicas": workers,
+                    "maxReplicas": workers,
+                    "rayStartParams": {},
+                    "template": _pod_template(body, "worker", worker),
+                }
+            ],
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        rayjob_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": object_meta(body, workload_name(name), training_labels(body, "training")),
+        "spec": rayjob_spec,
+    }
+
+
+def render_batch_job(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+    """engine Job: one pod runs the same entrypoint; the trainer starts Ray inside the pod."""
+    spec = job.spec
+    pod = _pod_spec(
+        body, job, settings, container_name="trainer", resources=_worker_resources(job), placement=True,
+        command=list(ENTRYPOINT_ARGV),
+    )
+    pod["restartPolicy"] = "Never"
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.backoff_limit,
+        "suspend": spec.suspend,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "template": _pod_template(body, "worker", pod),
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": object_meta(body, workload_name(name, "Job"), training_labels(body, "training")),
+        "spec": job_spec,
+    }
+
+
+def render_workload(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+    """The RayJob or the Job, by spec.engine."""
+    if job.spec.engine == "Job":
+        return render_batch_job(body, job, settings)
+    return render_rayjob(body, job, settings)

@@ -1,0 +1,190 @@
+"""The real kopf operator against the emulator; the tests play KubeRay and the kubelet.
+
+Everything here is real except the cluster's controllers: kopf watches and patches over
+HTTP, children are applied by operator.k8s through the kubernetes client, and RayJob/pod
+status is PATCHed by the tests exactly as KubeRay and the kubelet would.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.operator.conditions import find_condition
+from tests.harness.client import image_pull_backoff, oom_killed, unschedulable, wait_for
+from tests.operator.helpers import ftj_manifest, status_of, wait_condition, wait_phase
+from tests.operator.samples import full_spec, minimal_spec
+
+pytestmark = pytest.mark.usefixtures("operator_running")
+
+WORKER_LABELS = {"kubetune.io/finetunejob": "job", "ray.io/node-type": "worker"}
+
+
+def _create(kube_http, namespace, name="job", **kwargs):
+    kube_http.create("finetunejobs", namespace, ftj_manifest(name, namespace, **kwargs))
+    return wait_for(lambda: kube_http.get("rayjobs", namespace, f"{name}-train"), 15, message="RayJob created")
+
+
+def test_create_applies_children_that_validate(kube_http, namespace, shared_dir):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    jsonschema = pytest.importorskip("jsonschema")
+    rayjob = _create(kube_http, namespace, spec=full_spec(), labels={"kueue.x-k8s.io/queue-name": "gpu"})
+    owner_uid = kube_http.get("finetunejobs", namespace, "job")["metadata"]["uid"]
+    children = [
+        kube_http.get("configmaps", namespace, "job-config"),
+        kube_http.get("serviceaccounts", namespace, "job-trainer"),
+        kube_http.get("roles", namespace, "job-status-writer"),
+        kube_http.get("rolebindings", namespace, "job-status-writer"),
+    ]
+    for child in children:
+        assert child is not None
+        assert child["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+        kubernetes_validate.validate(child, "1.37.0", strict=True)
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    from tests.harness.emulator import load_crd_files
+
+    crd = load_crd_files(shared_dir / "schemas" / "kuberay" / "ray.io_rayjobs.yaml")[0]
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(rayjob))
+    assert not errors, [e.message for e in errors[:5]]
+    status = wait_phase(kube_http, namespace, "job", "Pending")
+    assert find_condition(status["conditions"], "Accepted")["status"] == "True"
+    assert status["rayJobName"] == "job-train"
+    wait_for(lambda: "Created" in {e.get("reason") for e in kube_http.list("events", namespace)}, 10, message="Created event")
+
+
+def test_rayjob_status_drives_phases(kube_http, kuberay, namespace):
+    _create(kube_http, namespace)
+    kuberay.initializing("job-train")
+    kuberay.pod("job-worker-0", WORKER_LABELS, unschedulable("0/2 nodes are available: 2 Insufficient nvidia.com/gpu."))
+    cond = wait_condition(kube_http, namespace, "job", "Running", "False", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    assert status_of(kube_http, namespace, "job")["phase"] == "Provisioning"
+    kuberay.pod("job-worker-0", WORKER_LABELS, {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True", "reason": "", "message": ""}]})
+    kuberay.running("job-train")
+    status = wait_phase(kube_http, namespace, "job", "Training")
+    assert status["startTime"] and status["attempts"] == 1
+    kuberay.complete("job-train")
+    status = wait_phase(kube_http, namespace, "job", "Succeeded")
+    assert status["completionTime"]
+    assert find_condition(status["conditions"], "Succeeded")["status"] == "True"
+    wait_for(lambda: {"Provisioning", "Training", "Succeeded"} <= {e.get("reason") for e in kube_http.list("events", namespace)},
+             10, message="an Event per transition")
+
+
+@pytest.mark.parametrize(("pod_status", "reason"), [(image_pull_backoff(), "ImagePullBackOff"), (oom_killed(), "OOMKilled")])
+def test_failure_causes_are_copied(kube_http, kuberay, namespace, pod_status, reason):
+    _create(kube_http, namespace)
+    kuberay.initializing("job-train")
+    kuberay.pod("job-worker-0", WORKER_LABELS, pod_status)
+    wait_condition(kube_http, namespace, "job", "Running", "False", reason)
+    kuberay.failed("job-train", reason="AppFailed", message="job failed", failed=3)
+    status = wait_phase(kube_http, namespace, "job", "Failed")
+    assert status["failure"]["reason"] == reason
+
+
+def test_suspend_and_resume_keep_the_rayjob_and_config(kube_http, kuberay, namespace):
+    rayjob = _create(kube_http, namespace)
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    config_before = kube_http.get("configmaps", namespace, "job-config")
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"suspend": True}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is True, 10, message="RayJob suspended")
+    kuberay.suspended("job-train")
+    status = wait_phase(kube_http, namespace, "job", "Suspended")
+    assert find_condition(status["conditions"], "Suspended")["status"] == "True"
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"suspend": False}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is False, 10, message="RayJob resumed")
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    assert kube_http.get("rayjobs", namespace, "job-train")["metadata"]["uid"] == rayjob["metadata"]["uid"]
+    assert kube_http.get("configmaps", namespace, "job-config")["data"] == config_before["data"]
+
+
+def test_retries_then_backoff_limit(kube_http, kuberay, namespace):
+    _create(kube_http, namespace, spec={**minimal_spec(), "backoffLimit": 1})
+    assert kube_http.get("rayjobs", namespace, "job-train")["spec"]["backoffLimit"] == 1
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    kuberay.retrying("job-train", failed=1)
+    cond = wait_condition(kube_http, namespace, "job", "Running", "False", "Retrying")
+    assert "attempt 2 of 2" in cond["message"]
+    assert status_of(kube_http, namespace, "job")["attempts"] == 2
+    kuberay.failed("job-train", message="exit code 1", failed=2)
+    status = wait_phase(kube_http, namespace, "job", "Failed")
+    assert status["failure"]["reason"] == "BackoffLimitExceeded"
+
+
+def test_deadline_is_passed_through_and_reported(kube_http, kuberay, namespace):
+    _create(kube_http, namespace)
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 60}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 60, 10,
+             message="deadline on the RayJob")
+    kuberay.failed("job-train", reason="DeadlineExceeded", message="RayJob exceeded activeDeadlineSeconds 60")
+    status = wait_phase(kube_http, namespace, "job", "Failed")
+    assert status["failure"] == {"reason": "DeadlineExceeded", "message": "RayJob exceeded activeDeadlineSeconds 60"}
+
+
+def test_immutable_change_after_start_is_rejected_with_a_condition(kube_http, kuberay, namespace):
+    rayjob = _create(kube_http, namespace)
+    kuberay.initializing("job-train")
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"hyperparameters": {"learningRate": 0.1}, "backoffLimit": 5}})
+    cond = wait_condition(kube_http, namespace, "job", "UpdateRejected", "True", "ImmutableFieldChanged")
+    assert "spec.hyperparameters" in cond["message"]
+    config = kube_http.get("configmaps", namespace, "job-config")["data"]["finetunejob.yaml"]
+    assert "learningRate: 0.1\n" not in config  # not applied
+    after = kube_http.get("rayjobs", namespace, "job-train")
+    assert after["spec"]["backoffLimit"] == 5  # the mutable part is applied
+    assert after["spec"]["rayClusterSpec"] == rayjob["spec"]["rayClusterSpec"]
+
+
+def test_bad_spec_gets_every_error_and_no_children(kube_http, namespace):
+    spec = minimal_spec()
+    spec["method"] = {"type": "qlora"}  # needs 4-bit quantization
+    spec["datasets"][0]["format"] = "csv"  # not a format
+    spec["hyperparameters"]["learningRate"] = 5  # > 1
+    kube_http.create("finetunejobs", namespace, ftj_manifest("bad", namespace, spec=spec))
+    cond = wait_condition(kube_http, namespace, "bad", "Accepted", "False", "InvalidSpec")
+    assert "spec.datasets[0].format" in cond["message"] and "spec.hyperparameters.learningRate" in cond["message"]
+    status = status_of(kube_http, namespace, "bad")
+    assert status["phase"] == "Failed" and status["failure"]["reason"] == "InvalidSpec"
+    assert kube_http.get("rayjobs", namespace, "bad-train") is None
+    assert kube_http.get("configmaps", namespace, "bad-config") is None
+
+
+def test_delete_removes_children_through_owner_references(kube_http, namespace):
+    _create(kube_http, namespace)
+    wait_phase(kube_http, namespace, "job", "Pending")
+    kube_http.delete("finetunejobs", namespace, "job")
+    wait_for(lambda: kube_http.get("finetunejobs", namespace, "job") is None, 10, message="FineTuneJob gone")
+    for plural, name in [("rayjobs", "job-train"), ("configmaps", "job-config"), ("serviceaccounts", "job-trainer"),
+                         ("roles", "job-status-writer"), ("rolebindings", "job-status-writer")]:
+        assert kube_http.get(plural, namespace, name) is None, plural
+
+
+def test_injected_500_and_409_are_retried_without_duplicates(k8s_emulator, kube_http, namespace):
+    k8s_emulator.fail_next("POST", rf"/namespaces/{namespace}/rayjobs$", 500)
+    k8s_emulator.fail_next("PATCH", rf"/namespaces/{namespace}/finetunejobs/flaky/status$", 409)
+    kube_http.create("finetunejobs", namespace, ftj_manifest("flaky", namespace))
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "flaky-train"), 20, message="RayJob after a 500")
+    wait_phase(kube_http, namespace, "flaky", "Pending", timeout=20)
+    log = k8s_emulator.requests()
+    assert any(m == "POST" and p.endswith(f"{namespace}/rayjobs") and s == 500 for m, p, s in log)
+    assert any(m == "PATCH" and p.endswith("flaky/status") and s == 409 for m, p, s in log)
+    assert len(kube_http.list("rayjobs", namespace)) == 1
+
+
+def test_dropped_watches_are_resumed(k8s_emulator, kube_http, namespace):
+    assert k8s_emulator.drop_watches() > 0
+    _create(kube_http, namespace, name="after-drop")
+    wait_phase(kube_http, namespace, "after-drop", "Pending")
+
+
+def test_deleted_child_is_recreated_by_the_resync(kube_http, namespace):
+    rayjob = _create(kube_http, namespace)
+    wait_phase(kube_http, namespace, "job", "Pending")
+    kube_http.delete("rayjobs", namespace, "job-train")
+    again = wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train"), 15, message="RayJob recreated")
+    assert again["metadata"]["uid"] != rayjob["metadata"]["uid"]

@@ -1,0 +1,176 @@
+"""Rendering is pure: golden files pin the manifests; schemas and invariants check them.
+
+Regenerate the golden files after an intended change with
+`KUBETUNE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -q tests/operator/test_render_training.py`
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.api import FineTuneJob
+from kubetune.operator.render_common import child_name
+from kubetune.operator.render_rbac import render_rbac
+from kubetune.operator.render_training import (
+    CONFIG_PATH,
+    render_config_map,
+    render_workload,
+    workload_name,
+)
+from kubetune.operator.settings import Settings
+from tests.harness.emulator import load_crd_files
+from tests.harness.server import KUBERAY_RAYJOB_CRD
+from tests.operator.samples import body, full_spec, minimal_spec
+
+GOLDEN = Path(__file__).parent / "golden"
+SETTINGS = Settings.from_env({"KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:test"})
+
+
+def _render_all(doc: dict) -> list[dict]:
+    job = FineTuneJob.model_validate(doc)
+    return [*render_rbac(doc), render_config_map(doc, job), render_workload(doc, job, SETTINGS)]
+
+
+CASES = {
+    "rayjob-minimal": lambda: body(spec=minimal_spec()),
+    "rayjob-full": lambda: body(spec=full_spec(), labels={"kueue.x-k8s.io/queue-name": "gpu-queue",
+                                                          "kueue.x-k8s.io/priority-class": "high", "team": "support"}),
+    "job-engine": lambda: body(name="single", spec={**minimal_spec(), "engine": "Job",
+                                                     "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "8Gi"}}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case):
+    rendered = yaml.safe_dump_all(_render_all(CASES[case]()), sort_keys=True)
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("KUBETUNE_UPDATE_GOLDEN") == "1":
+        path.write_text(rendered)
+    assert path.exists(), f"{path} is missing: run with KUBETUNE_UPDATE_GOLDEN=1 to create it"
+    assert rendered == path.read_text(), f"{path.name} differs: re-run with KUBETUNE_UPDATE_GOLDEN=1 if intended"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_core_kinds_validate_strict(case):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for obj in _render_all(CASES[case]()):
+        if obj["apiVersion"].startswith("ray.io"):
+            continue
+        kubernetes_validate.validate(obj, "1.37.0", strict=True)
+
+
+@pytest.fixture(scope="module")
+def rayjob_schema():
+    if not KUBERAY_RAYJOB_CRD.exists():
+        pytest.skip(f"{KUBERAY_RAYJOB_CRD} is absent")
+    crd = load_crd_files(KUBERAY_RAYJOB_CRD)[0]
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def _strict(schema):
+    """The schema with additionalProperties false wherever properties are listed (catches typos)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.mark.parametrize("case", ["rayjob-minimal", "rayjob-full"])
+def test_rayjob_matches_kuberay_schema(case, rayjob_schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    rayjob = _render_all(CASES[case]())[-1]
+    assert rayjob["kind"] == "RayJob"
+    schema = _strict(rayjob_schema)
+    schema["properties"]["metadata"] = {"type": "object"}
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(rayjob), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+
+
+def test_rayjob_wiring():
+    doc = body(spec=full_spec(), labels={"kueue.x-k8s.io/queue-name": "gpu-queue", "unrelated": "x"})
+    rayjob = _render_all(doc)[-1]
+    spec = rayjob["spec"]
+    assert shlex.split(spec["entrypoint"]) == ["kubetune", "train", "--config", CONFIG_PATH]
+    assert spec["suspend"] is False and spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 7200
+    assert spec["shutdownAfterJobFinishes"] is True
+    workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
+    pod = workers["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["priorityClassName"] == "training-high" and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
+    assert mounts["/mnt/pvc/models"]["readOnly"] is False and mounts["/mnt/pvc/checkpoints"]["readOnly"] is False
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    assert env["KUBETUNE_JOB_NAME"]["value"] == "support-lora" and env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "unrelated" not in rayjob["metadata"]["labels"]
+
+
+def test_every_child_is_owned_and_labelled():
+    for obj in _render_all(body(spec=full_spec())):
+        meta = obj["metadata"]
+        (ref,) = meta["ownerReferences"]
+        assert ref["kind"] == "FineTuneJob" and ref["controller"] is True and ref["blockOwnerDeletion"] is True
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "kubetune"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
+        assert meta["labels"]["kubetune.io/finetunejob"] == "support-lora"
+        assert meta["namespace"] == "ml" and len(meta["name"]) <= 63
+
+
+def test_user_strings_never_reach_the_entrypoint():
+    nasty = body(name="x", spec={**minimal_spec(), "output": {"uri": "pvc://models/$(rm -rf /);echo"}})
+    rayjob = _render_all(nasty)[-1]
+    assert shlex.split(rayjob["spec"]["entrypoint"]) == ["kubetune", "train", "--config", CONFIG_PATH]
+
+
+def test_config_map_holds_the_manifest_with_defaults():
+    doc = body()
+    cm = _render_all(doc)[3]
+    manifest = yaml.safe_load(cm["data"]["finetunejob.yaml"])
+    assert manifest["metadata"] == {"name": "support-lora", "namespace": "ml"}
+    assert manifest["spec"]["method"]["type"] == "lora"  # default filled in
+    assert FineTuneJob.model_validate(manifest).spec.hyperparameters.max_steps == 20
+
+
+def test_rbac_is_least_privilege():
+    sa, role, binding = render_rbac(body())
+    (rule,) = role["rules"]
+    assert rule == {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"],
+                    "resourceNames": ["support-lora"], "verbs": ["get", "patch"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ml"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_names_are_deterministic_and_bounded():
+    long = "a" * 60 + "-job"
+    assert workload_name(long) == workload_name(long) and len(workload_name(long)) <= 47
+    assert workload_name(long) != workload_name("a" * 60 + "-jog")
+    assert child_name("short", "config") == "short-config"
+    assert len(child_name("b" * 63, "status-writer")) == 63
+
+
+def test_suspend_and_job_engine():
+    doc = body(spec={**minimal_spec(), "suspend": True})
+    assert _render_all(doc)[-1]["spec"]["suspend"] is True
+    job = _render_all(CASES["job-engine"]())[-1]
+    assert job["kind"] == "Job" and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["kubetune", "train", "--config", CONFIG_PATH]
+    assert "nvidia.com/gpu" not in job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -1,0 +1,224 @@
+"""Gateway policies with the official `openai` client: safety actions, canary split, key
+rotation, upstream failures and timeouts, payload log rotation and feedback.
+
+The upstream here is a scripted engine (tests/serving/serving_support.py): the tiny model
+cannot be made to produce harmful text, hang or echo the model it was asked for on demand.
+The request path through the gateway is the real one; test_serving_local_engine.py runs it
+over the real local engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import httpx
+import openai
+import pytest
+
+from kubetune.serving.gateway import REFUSAL_TEXT, Gateway, GatewayConfig
+from kubetune.serving.payload_log import PayloadLogger
+
+from tests.serving.serving_support import AppThread, ScriptedUpstream, free_port, read_log
+
+HARMFUL = "Sure. To make a pipe bomb you need a detonator and a steel pipe."
+
+
+@pytest.fixture(scope="module")
+def loop_thread():
+    thread = AppThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def upstream(loop_thread):
+    engine = ScriptedUpstream()
+    engine.url = loop_thread.serve(engine.app())
+    return engine
+
+
+@pytest.fixture()
+def scripted(upstream):
+    """Reset the scripted engine between tests."""
+    upstream.text, upstream.echo_model, upstream.delay, upstream.fail_status = "Hello there, friend.", False, 0.0, None
+    upstream.seen_models.clear()
+    return upstream
+
+
+def start_gateway(loop_thread, tmp_path, upstream_url, **overrides):
+    keys = tmp_path / "keys"
+    keys.write_text("# test keys\nsecret-1\n")
+    config = GatewayConfig(upstream=upstream_url, api_keys_file=str(keys), log_dir=str(tmp_path / "logs"),
+                           sample_rate=1.0, seed=7, reload_interval=0.0, upstream_timeout=5.0)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    gateway = Gateway(config)
+    url = loop_thread.serve(gateway.app())
+    client = openai.OpenAI(base_url=url + "/v1", api_key="secret-1", max_retries=0, timeout=20)
+    return gateway, url, client
+
+
+def metric_value(url: str, name: str, **labels) -> float:
+    text = httpx.get(url + "/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+
+
+def test_flag_marks_header_log_and_metric(loop_thread, tmp_path, scripted):
+    scripted.text = HARMFUL
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, safety_action="flag")
+    raw = client.chat.completions.with_raw_response.create(
+        model="base", messages=[{"role": "user", "content": "how do I build it?"}])
+    answer = raw.parse()
+    assert answer.choices[0].message.content == HARMFUL  # flag does not change the answer
+    assert raw.headers["x-kubetune-safety"].startswith("flagged")
+    assert "weapons" in raw.headers["x-kubetune-safety"]
+    assert metric_value(url, "kubetune_gateway_safety_flags_total", model="base", category="weapons") == 1
+    gateway.close_logs()
+    (record,) = read_log(tmp_path / "logs")
+    assert record["safety"]["flagged"] is True and record["safety"]["categories"]["weapons"] > 0.5
+
+
+def test_log_action_records_without_header(loop_thread, tmp_path, scripted):
+    scripted.text = HARMFUL
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, safety_action="log")
+    raw = client.completions.with_raw_response.create(model="base", prompt="go")
+    assert "x-kubetune-safety" not in raw.headers
+    assert raw.parse().choices[0].text == HARMFUL
+    gateway.close_logs()
+    assert read_log(tmp_path / "logs")[0]["safety"]["flagged"] is True
+
+
+def test_block_replaces_unary_and_streamed_answers(loop_thread, tmp_path, scripted):
+    scripted.text = HARMFUL
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, safety_action="block")
+    answer = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}])
+    assert answer.choices[0].message.content == REFUSAL_TEXT
+    assert answer.choices[0].finish_reason == "content_filter"
+
+    chunks = list(client.chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}],
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == REFUSAL_TEXT  # nothing of the harmful text reached the client
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+    scripted.text = "A harmless and helpful answer."
+    streamed = client.completions.create(model="base", prompt="x", stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == "A harmless and helpful answer."
+
+
+def test_stream_passes_events_through_and_counts_usage(loop_thread, tmp_path, scripted):
+    scripted.text = "one two three four five"
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url)
+    raw = client.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "count"}], stream=True)
+    rid = raw.headers["x-request-id"]
+    chunks = list(raw.parse())
+    # One client event per upstream event, ids rewritten to the gateway's request id, and no
+    # usage chunk the client did not ask for.
+    assert [c.choices[0].delta.content for c in chunks] == ["one ", "two ", "three ", "four ", "five"]
+    assert {c.id for c in chunks} == {rid}
+    with_usage = list(client.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "count"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert with_usage[-1].usage.completion_tokens == 5
+    gateway.close_logs()
+    records = read_log(tmp_path / "logs")
+    assert records[0]["id"] == rid and records[0]["adapter"] == "support" and records[0]["model"] == "base"
+    assert records[0]["response"] == "one two three four five" and records[0]["completionTokens"] == 5
+    assert metric_value(url, "kubetune_gateway_tokens_total", model="base", direction="out") == 10
+
+
+def test_canary_split_follows_weight_and_reloads(loop_thread, tmp_path, scripted):
+    scripted.echo_model = True
+    routes = tmp_path / "canary.json"
+    routes.write_text(json.dumps({"version": 1, "routes": [{"model": "support", "canary": "support-v2", "weight": 30}]}))
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, canary_config=str(routes),
+                                         log_dir=None)
+    assert metric_value(url, "kubetune_gateway_canary_weight", adapter="support") == 30
+    n = 300
+    for _ in range(n):
+        client.completions.create(model="support", prompt="x")
+    canary = scripted.seen_models.count("support-v2")
+    assert scripted.seen_models.count("support") == n - canary
+    # Seeded, so this is one fixed draw; the bounds are > 5 standard deviations of Binomial(300, 0.3).
+    assert 50 <= canary <= 130
+    assert "support" in [m.id for m in client.models.list()]
+
+    routes.write_text(json.dumps({"routes": [{"model": "support", "canary": "support-v2", "weight": 0}]}))
+    scripted.seen_models.clear()
+    for _ in range(20):
+        client.completions.create(model="support", prompt="x")
+    assert set(scripted.seen_models) == {"support"}
+    assert metric_value(url, "kubetune_gateway_canary_weight", adapter="support") == 0
+
+
+def test_api_keys_file_is_reread(loop_thread, tmp_path, scripted):
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url)
+    client.completions.create(model="base", prompt="x")
+    keys = tmp_path / "keys"
+    new = tmp_path / "keys.new"
+    new.write_text("secret-2\n")
+    os.replace(new, keys)  # how a mounted Secret changes: a new file swapped in
+    with pytest.raises(openai.AuthenticationError):
+        client.completions.create(model="base", prompt="x")
+    fresh = openai.OpenAI(base_url=url + "/v1", api_key="secret-2", max_retries=0)
+    assert fresh.completions.create(model="base", prompt="x").choices[0].text
+
+
+def test_upstream_down_timeout_and_error(loop_thread, tmp_path, scripted):
+    _, url, client = start_gateway(loop_thread, tmp_path, f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503
+    assert err.value.body["code"] == "upstream_unavailable" and "unavailable" in err.value.body["message"]
+    assert httpx.get(url + "/healthz").status_code == 200  # the gateway itself keeps serving
+
+    (tmp_path / "slow").mkdir()
+    _, url, client = start_gateway(loop_thread, tmp_path / "slow", scripted.url, upstream_timeout=0.3)
+    client.models.list()
+    scripted.delay = 2.0
+    with pytest.raises(openai.APIStatusError) as err:
+        client.completions.create(model="base", prompt="x")
+    assert err.value.status_code == 504 and err.value.body["code"] == "upstream_timeout"
+
+    scripted.delay, scripted.fail_status = 0.0, 500
+    with pytest.raises(openai.APIStatusError) as err:
+        client.completions.create(model="base", prompt="x")
+    assert err.value.status_code == 502 and err.value.body["message"] == "engine exploded"
+    scripted.fail_status = None
+    assert client.completions.create(model="base", prompt="x").choices[0].text
+
+
+def test_payload_log_rotates_by_size(tmp_path):
+    logger = PayloadLogger(tmp_path, sample_rate=1.0, max_bytes=2000, backups=2)
+    for i in range(40):
+        logger.record({"id": f"req-{i}", "prompt": "p" * 100, "response": "mail me at a@b.example.com"})
+    logger.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["payloads.jsonl", "payloads.jsonl.1", "payloads.jsonl.2"]
+    for name in files:
+        assert (tmp_path / name).stat().st_size <= 2000
+        for line in (tmp_path / name).read_text().splitlines():
+            rec = json.loads(line)
+            assert rec["response"] == "mail me at [EMAIL]"
+    newest = [json.loads(x)["id"] for x in (tmp_path / "payloads.jsonl").read_text().splitlines()]
+    assert newest[-1] == "req-39"  # the newest lines are in the live file; the oldest rotated away
+
+
+def test_feedback_forces_unsampled_record(tmp_path):
+    logger = PayloadLogger(tmp_path, sample_rate=0.0, buffer_size=3)
+    for i in range(5):
+        assert logger.record({"id": f"req-{i}", "prompt": "p", "response": "r"}) is False
+    assert logger.feedback("req-0", -1, "evicted") is None  # older than the buffer
+    assert logger.feedback("req-3", 1, "fine") is False  # positive feedback on unsampled: not written
+    assert logger.feedback("req-4", -1, "wrong, call +1 415 555 0100") is True
+    logger.close()
+    (rec,) = [json.loads(x) for x in (tmp_path / "payloads.jsonl").read_text().splitlines()]
+    assert rec["id"] == "req-4"
+    assert rec["feedback"] == {"rating": -1, "comment": "wrong, call [PHONE]"}

@@ -1,0 +1,143 @@
+"""Methods and objectives learn: each overfits a fixed small set in a few in-process steps.
+
+The per-worker loop runs directly in this process (world size 1, no Ray) so these stay fast;
+the Ray path runs the same function (tests/trainer/test_ray.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kubetune.trainer import loop, methods, model_init
+from kubetune.trainer.methods_hft import CATEGORIES, apply_stage, find_blocks, select_halves, stage_of
+
+
+def _train(job, samples, tokenizer, checkpoint_dir, **kw):
+    cfg = loop.LoopConfig(
+        spec=job.spec, model_dir=job.spec.base_model.uri, train=samples,
+        checkpoint_dir=str(checkpoint_dir), pad_id=tokenizer.pad_token_id, **kw,
+    )
+    return loop.train_loop(cfg)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"type": "full"},
+        {"type": "freeze", "freeze": {"trainableLayers": 1}},
+        {"type": "lora", "lora": {"rank": 8, "alpha": 16, "rsLora": True}},
+        {"type": "dora", "lora": {"rank": 4, "alpha": 8}},
+        {"type": "hft", "hft": {"stages": 2, "seed": 3}},
+    ],
+    ids=lambda m: m["type"],
+)
+def test_each_method_overfits_a_fixed_set(method, make_job, sft_samples, tokenizer, checkpoint_dir):
+    lr = 0.01 if method["type"] in ("lora", "dora") else 0.003
+    job = make_job({"method": method, "hyperparameters": {"learningRate": lr, "batchSize": 8}})
+    result = _train(job, sft_samples, tokenizer, checkpoint_dir)
+    assert len(result.losses) == 6
+    assert result.losses[-1] < 0.92 * result.losses[0], result.losses
+    assert 0 < result.trainable_parameters <= result.total_parameters
+
+
+@pytest.mark.parametrize("objective,method", [("dpo", "lora"), ("dpo", "full"), ("orpo", "lora")])
+def test_preference_objectives_learn(objective, method, make_job, preference_samples, tokenizer, checkpoint_dir):
+    job = make_job({
+        "datasets": [{"name": "pairs", "uri": "pairs.jsonl", "format": "preference"}],
+        "method": {"type": method},
+        "objective": {"type": objective, "beta": 0.5},
+        "hyperparameters": {"learningRate": 0.01 if method == "lora" else 0.003, "batchSize": 8},
+    })
+    result = _train(job, preference_samples, tokenizer, checkpoint_dir)
+    if objective == "dpo":
+        # the policy starts equal to the reference: the loss is exactly log 2
+        assert result.losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert result.losses[-1] < 0.9 * result.losses[0], result.losses
+
+
+def _model(job):
+    model = model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec))
+    return methods.apply_method(model, job.spec)
+
+
+@pytest.mark.parametrize("kind", ["full", "freeze", "lora", "hft"])
+def test_optimizer_holds_only_trainable_parameters(kind, make_job):
+    job = make_job({"method": {"type": kind}})
+    model = _model(job)
+    optimizer = loop.build_optimizer(model, job.spec.hyperparameters)
+    held = loop.optimizer_param_ids(optimizer)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert held == trainable
+    if kind != "full":
+        assert len(held) < len(list(model.parameters()))
+    if kind == "lora":
+        names = {n for n, p in model.named_parameters() if id(p) in held}
+        assert names and all("lora_" in n for n in names)
+        assert not any("lm_head" in n for n in names)  # all-linear excludes the output head
+
+
+def test_freeze_trains_only_the_chosen_blocks(make_job):
+    job = make_job({"method": {"type": "freeze", "freeze": {"trainableLayers": 1, "position": "first"}}})
+    model = _model(job)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.layers.0.") for n in trainable)
+
+
+def test_hft_selection_is_exactly_half_per_category_and_changes_per_stage():
+    blocks = 4
+    per_stage = [select_halves(blocks, seed=11, stage=s) for s in range(4)]
+    for selection in per_stage:
+        for block in selection:
+            assert len(block.frozen["attention"]) == 2
+            assert len(block.frozen["norm"]) == 1
+            assert set(block.frozen["ffn"]) | set(block.trainable["ffn"]) == set(CATEGORIES["ffn"])
+        ffn_frozen = sum(len(b.frozen["ffn"]) for b in selection)
+        assert ffn_frozen * 2 == blocks * len(CATEGORIES["ffn"])  # half of the FFN overall
+    assert len({tuple(tuple(sorted(b.frozen.items())) for b in s) for s in per_stage}) > 1
+    assert select_halves(blocks, seed=11, stage=1) == per_stage[1]  # seeded: reproducible
+    assert select_halves(blocks, seed=12, stage=1) != per_stage[1]
+
+
+def test_hft_apply_stage_freezes_the_selected_modules(make_job):
+    job = make_job({"method": {"type": "hft"}})
+    model = model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec))
+    layers = find_blocks(model)
+    selection = apply_stage(model, seed=5, stage=1)
+    for sel, block in zip(selection, layers):
+        for category, leaves in sel.frozen.items():
+            for leaf in leaves:
+                module = next(m for n, m in block.named_modules() if n.endswith(leaf))
+                assert not any(p.requires_grad for p in module.parameters())
+        for category, leaves in sel.trainable.items():
+            for leaf in leaves:
+                module = next(m for n, m in block.named_modules() if n.endswith(leaf))
+                assert all(p.requires_grad for p in module.parameters())
+    assert not model.get_input_embeddings().weight.requires_grad
+
+
+def test_hft_stages_split_the_steps():
+    assert [stage_of(s, 8, 4) for s in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [stage_of(s, 3, 10) for s in range(3)] == [0, 1, 2]
+
+
+def test_hft_rebuilds_the_optimizer_per_stage_and_logs_selections(make_job, sft_samples, tokenizer, checkpoint_dir):
+    job = make_job({"method": {"type": "hft", "hft": {"stages": 3, "seed": 1}}, "hyperparameters": {"maxSteps": 3, "learningRate": 0.003}})
+    result = _train(job, sft_samples, tokenizer, checkpoint_dir)
+    assert sorted(result.hft_selections) == [0, 1, 2]
+    assert result.hft_selections[0] != result.hft_selections[1]
+
+
+def test_sft_loss_is_normalised_over_accumulated_micro_batches(make_job, sft_samples, tokenizer, tmp_path):
+    """One batch of 4 and two accumulated micro-batches of 2 give the same loss and update."""
+    common = {"method": {"type": "full"}, "preprocessing": {"packing": False},
+              "hyperparameters": {"maxSteps": 2, "learningRate": 0.003, "maxGradNorm": 0}}
+    one = make_job({**common, "hyperparameters": {**common["hyperparameters"], "batchSize": 4}})
+    two = make_job({**common, "hyperparameters": {**common["hyperparameters"], "batchSize": 2, "gradientAccumulationSteps": 2}})
+    a = _train(one, sft_samples, tokenizer, tmp_path / "a")
+    b = _train(two, sft_samples, tokenizer, tmp_path / "b")
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    wa = torch.load(f"{a.checkpoint}/trainable.pt", weights_only=True)
+    wb = torch.load(f"{b.checkpoint}/trainable.pt", weights_only=True)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,101 @@
+"""`kubetune train`: the whole pipeline, locally (`-f job.yaml --local`) or in a pod (`--config FILE`).
+
+Exit codes: 0 trained, evaluated and exported; 2 the job cannot run as specified (the message
+says what to change; nothing was trained); 1 training or export failed (checkpoints are kept and
+a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "/etc/kubetune/finetunejob.yaml"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="run a FineTuneJob: prepare data, train on Ray, evaluate, export",
+        description="Run a FineTuneJob end to end. Locally: `kubetune train -f job.yaml --local` "
+        "starts a local Ray and writes the artifact to spec.output.uri (or --output). In a pod, "
+        "the operator runs `kubetune train --config FILE` against the KubeRay cluster. A rerun "
+        "with the same spec resumes from the latest checkpoint.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--file", type=Path, metavar="JOB", help="FineTuneJob manifest (YAML or JSON)")
+    source.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help=f"in-pod entrypoint: the operator's rendered FineTuneJob (usually {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--local", action="store_true", help="start a local Ray on this machine (with -f)")
+    parser.add_argument("--output", type=Path, metavar="DIR", help="artifact folder (default: spec.output.uri)")
+    parser.add_argument("--quiet", action="store_true", help="no console progress (progress.jsonl is still written)")
+    parser.set_defaults(func=run_train)
+
+
+def load_job(path: Path):
+    """The first FineTuneJob in a manifest file, validated with every error reported."""
+    from kubetune.api import ManifestError, parse_finetunejob
+    from kubetune.manifests import ManifestFileError, load_documents
+
+    try:
+        documents = load_documents(path)
+    except (ManifestFileError, OSError) as exc:
+        raise ValueError(str(exc)) from None
+    for doc in documents:
+        if isinstance(doc.body, dict) and doc.body.get("kind") == "FineTuneJob":
+            try:
+                return parse_finetunejob(doc.body)
+            except ManifestError as exc:
+                errors = "\n  ".join(str(e) for e in exc.errors)
+                raise ValueError(f"{path} (line {doc.line}): invalid FineTuneJob:\n  {errors}") from None
+    raise ValueError(f"{path}: no FineTuneJob document found")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("ray", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .errors import TrainerConfigError
+    from .progress import default_sinks
+
+    _configure_logging()
+    path = args.file or args.config
+    local = bool(args.local)
+    try:
+        job = load_job(path)
+    except ValueError as exc:
+        print(f"kubetune train: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.file is not None and not args.local:
+        print("kubetune train: -f runs locally; pass --local to confirm (in a pod use --config)", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from .pipeline import output_dir_of, run
+
+    try:
+        output_dir = output_dir_of(job, args.output)
+        sinks = default_sinks(output_dir, console=not args.quiet)
+    except (TrainerConfigError, OSError) as exc:
+        print(f"kubetune train: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = run(job, output=output_dir, local=local, sinks=[sinks], base_dir=path.resolve().parent)
+    except TrainerConfigError as exc:
+        print(f"kubetune train: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - any failure after training started
+        logging.getLogger(__name__).error("training failed", exc_info=True)
+        print(f"kubetune train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        sinks.close()
+    print(f"artifact written to {result.output_dir}")
+    return EXIT_OK

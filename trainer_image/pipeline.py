@@ -1,0 +1,236 @@
+"""The whole job in one call: prepare data -> init model -> train on Ray -> evaluate -> export.
+
+Everything that can be wrong with the spec, the model folder, the hardware or the data is found
+before a Ray worker starts and raised as TrainerConfigError with what to change. The trained
+state travels from the workers to the driver through the final checkpoint, which is also what a
+restarted run resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.uris import local_path
+
+from . import methods, model_init
+from .errors import TrainerConfigError
+from .loop import LoopConfig, LoopResult, train_loop
+from .progress import FanOutSink
+
+log = logging.getLogger(__name__)
+
+RAY_STORAGE = "ray-runs"
+"""Ray Train's run storage, inside the checkpoint storage (export keeps checkpoints/)."""
+
+
+@dataclass
+class PipelineResult:
+    output_dir: Path
+    status: dict
+    """The partial FineTuneJob.status given to sinks.on_result (artifact, evaluation)."""
+    training: LoopResult
+
+
+def output_dir_of(job: FineTuneJob, output: Path | None) -> Path:
+    if output is not None:
+        return Path(output)
+    try:
+        return Path(local_path(job.spec.output.uri))
+    except ValueError as exc:
+        raise TrainerConfigError(
+            f"spec.output.uri {job.spec.output.uri!r}: {exc}; use a local path, file:// or pvc:// (or --output DIR)"
+        ) from exc
+
+
+def checkpoint_dir_of(job: FineTuneJob, output_dir: Path) -> Path:
+    uri = job.spec.checkpointing.uri
+    if uri is None:
+        return output_dir / "checkpoints"
+    try:
+        return Path(local_path(uri))
+    except ValueError as exc:
+        raise TrainerConfigError(f"spec.checkpointing.uri {uri!r}: {exc}; use a local path, file:// or pvc://") from exc
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_model_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainerConfigError(f"{model_dir / 'config.json'}: unreadable ({exc})") from exc
+
+
+def preflight(job: FineTuneJob, *, base_dir: Path | None = None, cuda: bool | None = None):
+    """Model folder, method and hardware checks; returns (model_dir, tokenizer). No Ray needed."""
+    spec = job.spec
+    model_dir = model_init.resolve_model_dir(spec, base_dir)
+    methods.check_method(spec, _read_model_config(model_dir))
+    model_init.check_hardware(spec, cuda=cuda)
+    tokenizer = model_init.load_tokenizer(spec, model_dir)
+    return model_dir, tokenizer
+
+
+def prepare_data(job: FineTuneJob, tokenizer, *, base_dir: Path | None):
+    from .data_prepare import DataError, prepare
+
+    try:
+        return prepare(job.spec, tokenizer, base_dir=base_dir, log=log.info)
+    except DataError as exc:
+        raise TrainerConfigError(str(exc)) from exc
+
+
+def _connect_ray(local: bool, workers: int):
+    """Connect to the Ray cluster (in a pod: KubeRay's; locally: start one). True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        ray.init(
+            num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, configure_logging=False,
+            log_to_driver=True,
+        )
+    else:
+        ray.init()
+    return True
+
+
+def _gpus_available(local: bool) -> bool:
+    if local:
+        return model_init.cuda_available()
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def train(
+    job: FineTuneJob,
+    *,
+    model_dir: Path,
+    train_samples: list,
+    pad_id: int,
+    checkpoint_dir: Path,
+    local: bool,
+    sink=None,
+    use_ray: bool = True,
+    fail_after_step: int | None = None,
+) -> LoopResult:
+    """Train on Ray (TorchTrainer) or, with use_ray=False, in this process as a single worker."""
+    spec = job.spec
+    cfg = LoopConfig(
+        spec=spec, model_dir=str(model_dir), train=train_samples, checkpoint_dir=str(checkpoint_dir),
+        pad_id=pad_id, sink=sink, fail_after_step=fail_after_step,
+    )
+    workers = spec.resources.workers
+    if not use_ray:
+        if workers != 1:
+            log.warning("training in-process runs a single worker; spec.resources.workers=%d ignored", workers)
+        cfg.use_gpu = spec.resources.gpus_per_worker > 0 and model_init.cuda_available()
+        return train_loop(cfg)
+    from .distributed import run_on_ray, unique_run_name
+
+    started = _connect_ray(local, workers)
+    try:
+        use_gpu = spec.resources.gpus_per_worker > 0 and _gpus_available(local)
+        if spec.resources.gpus_per_worker > 0 and not use_gpu:
+            log.warning(
+                "spec.resources.gpusPerWorker is %d but no GPU is available here: training on CPU",
+                spec.resources.gpus_per_worker,
+            )
+        return run_on_ray(
+            cfg, workers=workers, use_gpu=use_gpu, storage=checkpoint_dir / RAY_STORAGE,
+            run_name=unique_run_name((job.metadata or {}).get("name") or "finetunejob"), sink=sink,
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def load_trained_model(job: FineTuneJob, model_dir: Path, checkpoint_path: str, *, device: str = "cpu"):
+    """Base model + method + the final checkpoint's tensors: the trained model, on the driver."""
+    from . import checkpoint as ckpt
+    from .loop import load_trained_state, seed_all
+
+    spec = job.spec
+    model = model_init.load_model(spec, model_dir, device=device)
+    seed_all(spec.hyperparameters.seed)
+    model = methods.apply_method(model, spec)
+    path = Path(checkpoint_path)
+    ref = ckpt.CheckpointRef(path, int(path.name.split("-")[-1]))
+    load_trained_state(model, spec, ref)
+    model.eval()
+    return model
+
+
+def run(
+    job: FineTuneJob,
+    *,
+    output: Path | None = None,
+    local: bool = True,
+    sinks=None,
+    base_dir: Path | None = None,
+    use_ray: bool = True,
+) -> PipelineResult:
+    """Run the whole job; `sinks` (a ProgressSink or a list of them) get progress and the result."""
+    from . import evaluation, export
+
+    sink = FanOutSink(list(sinks) if isinstance(sinks, (list, tuple)) else [sinks])
+    spec = job.spec
+    output_dir = output_dir_of(job, output)
+    checkpoint_dir = checkpoint_dir_of(job, output_dir)
+
+    sink.on_phase("Training", "checking the model and preparing data")
+    model_dir, tokenizer = preflight(job, base_dir=base_dir, cuda=model_init.cuda_available() if local else None)
+    data = prepare_data(job, tokenizer, base_dir=base_dir)
+    write_json_atomic(output_dir / "dataset_report.json", data.report)
+
+    sink.on_phase("Training", f"{len(data.train)} samples on {spec.resources.workers} worker(s), method {spec.method.type}")
+    result = train(
+        job, model_dir=model_dir, train_samples=data.train, pad_id=tokenizer.pad_token_id,
+        checkpoint_dir=checkpoint_dir, local=local, sink=sink, use_ray=use_ray,
+    )
+    if not result.checkpoint:
+        raise TrainerConfigError(f"training wrote no checkpoint to {checkpoint_dir}")
+
+    sink.on_phase("Evaluating", f"{len(data.validation)} validation samples")
+    model = load_trained_model(job, model_dir, result.checkpoint)
+
+    def base_model_fn():
+        return model_init.load_model(spec, model_dir).eval()
+
+    report = evaluation.evaluate_job(
+        spec, tokenizer, tuned_model=model, base_model_fn=base_model_fn,
+        validation=data.validation, log=log.info,
+        # the spec's own evaluation.prompts win; else held-out rows of the validation split
+        eval_prompts=None if spec.evaluation.prompts else (data.eval_prompts or None),
+    )
+    sink.on_phase("Exporting", str(output_dir))
+    status = export.export_artifact(
+        model=model, tokenizer=tokenizer, job=job, output_dir=output_dir, evaluation=report,
+        prepared=data, base_model_dir=model_dir, log=log.info,
+    )
+    sink.on_result(status)
+    return PipelineResult(output_dir=output_dir, status=status, training=result)
