@@ -145,7 +145,7 @@ def write_dataset(
     *,
     seed: int = 7,
     train_rows: int = 480,
-    eval_rows: int = 24,
+    eval_rows: int = 16,
     traffic_rows: int = 40,
     shifted_rows: int = 40,
 ) -> DatasetFiles:

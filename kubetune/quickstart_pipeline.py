@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "quickstart"
 BASE_NAME = "smollm2-135m-instruct"
 ADAPTER_NAME = "catalogue"
-MAX_TOKENS = 96
+MAX_TOKENS = 80
 
 
 @dataclass(frozen=True)

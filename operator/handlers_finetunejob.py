@@ -137,15 +137,16 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     job = job.model_copy(update={"spec": spec})
 
     owner = dict(body)
+    children = [render_workload(owner, job, memo.settings), render_config_map(owner, job), *render_rbac(owner)]
     try:
-        for child in render_rbac(owner):
-            await api.apply(child)
-        await api.apply(render_config_map(owner, job))
-        workload, created = await api.apply(render_workload(owner, job, memo.settings))
+        # Independent objects, applied concurrently (the workload first in the API thread
+        # pool's queue): pods wait for their ConfigMap and ServiceAccount like on any cluster.
+        results = await asyncio.gather(*(api.apply(child) for child in children))
     except Invalid as exc:
         await _write_status(api, body, rejected_status(body, "ChildRejected", f"the API server rejected a child: {exc.message}",
                                                      now=now, failed=True))
         return
+    workload, created = results[0]
     if created:
         events.emit(body, "Created", f"created {workload['kind']} {workload['metadata']['name']}")
 
@@ -159,13 +160,20 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         })
     else:
         drop.append(UPDATE_REJECTED)
+    if created:
+        # A new workload has no status and no pods yet: nothing else to read.
+        await _write_status(api, body, desired_status(body, Observed(spec.engine, workload, ()), now=now, extra=extra, drop=drop))
+        return
     fresh = await api.get(FTJ_RES, meta["namespace"], meta["name"]) or body
     observed = await _observe(api, fresh, spec.engine)
     await _write_status(api, fresh, desired_status(fresh, observed, now=now, extra=extra, drop=drop))
 
 
-async def sync_status(api: KubeApi, memo: Any, namespace: str, name: str) -> None:
-    """Re-read a job and its children and write the status if it changed (level-based)."""
+async def sync_status(api: KubeApi, memo: Any, namespace: str, name: str, workload: Mapping[str, Any] | None = None) -> None:
+    """Re-read a job and its children and write the status if it changed (level-based).
+
+    `workload` is the RayJob/Job body when the caller already has it (a watch event).
+    """
     body = await api.get(FTJ_RES, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
@@ -175,7 +183,11 @@ async def sync_status(api: KubeApi, memo: Any, namespace: str, name: str) -> Non
             await reconcile(api, memo, body)  # KubeRay may have been installed since
         return
     engine = (body.get("spec") or {}).get("engine", "RayJob")
-    observed = await _observe(api, body, engine)
+    if workload is not None and workload.get("kind") == engine:
+        pods = await api.list(KINDS["Pod"], namespace, label_selector=f"{LABEL_FINETUNEJOB}={name}")
+        observed = Observed(engine=engine, workload=workload, pods=pods)
+    else:
+        observed = await _observe(api, body, engine)
     phase = (body.get("status") or {}).get("phase")
     if observed.workload is None and phase not in ("Succeeded", "Failed"):
         await reconcile(api, memo, body)  # a child was deleted behind our back: recreate it
@@ -225,20 +237,28 @@ def _owner_of(labels: Mapping[str, str] | None) -> str | None:
     return (labels or {}).get(LABEL_FINETUNEJOB)
 
 
-async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], type_: str | None) -> None:
+async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], type_: str | None,
+                         workload: Mapping[str, Any] | None = None) -> None:
     owner = _owner_of(labels)
-    if owner and type_ is not None:
-        await _guarded(memo, namespace, owner, lambda: sync_status(_api(memo), memo, namespace, owner))
+    if not owner or type_ is None:
+        return  # None: the initial listing; the resume handler covers it
+    if workload is not None and type_ == "ADDED" and not workload.get("status"):
+        return  # our own create: reconcile already wrote the status it implies
+    if type_ == "DELETED":
+        workload = None  # re-read: the resync recreates a workload deleted behind our back
+    await _guarded(memo, namespace, owner, lambda: sync_status(_api(memo), memo, namespace, owner, workload))
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-async def rayjob_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
-    await _child_changed(memo, namespace, labels, type)
+async def rayjob_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body,
+                       **_: Any) -> None:
+    await _child_changed(memo, namespace, labels, type, dict(body))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-async def batch_job_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
-    await _child_changed(memo, namespace, labels, type)
+async def batch_job_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body,
+                          **_: Any) -> None:
+    await _child_changed(memo, namespace, labels, type, dict(body))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT})

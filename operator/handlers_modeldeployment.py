@@ -2,13 +2,15 @@
 
 The decisions are pure (status_serving, render_serving); this module only gathers inputs
 (FineTuneJobs from an index, the Deployment and pods from the API, each engine's
-/v1/models) and writes outputs (children, adapter loads, one status patch).
+/v1/models) and writes outputs (children, adapter loads, one status patch through kopf).
 
-Reconciliation is level-based: the same `reconcile()` runs on create/update/resume and on a
-timer every `KUBETUNE_SERVING_RESYNC_SECONDS`, so a pod that restarted gets its adapters
-again and Deployment readiness reaches the status without watching every pod. A FineTuneJob
-that finishes nudges the ModelDeployments that use it (its `deployTo` target, or those that
-reference it) by an annotation, so promotion does not wait for the timer.
+Reconciliation is level-based: the same `reconcile()` runs on create/update/resume and from a
+1 s timer that acts when something changed (a pod or the Deployment emitted an event, a
+FineTuneJob nudged, a canary annotation appeared) and otherwise every
+`KUBETUNE_SERVING_RESYNC_SECONDS`. So a restarted pod gets its adapters back within a second
+and readiness reaches the status at once, while a missed event costs at most one resync.
+A FineTuneJob whose phase or result changes nudges the ModelDeployments that use it (its
+`deployTo` target, or those that reference it) with an annotation.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from prometheus_client import REGISTRY, Gauge
 
 from kubetune.api import ManifestError, parse_modeldeployment
 
+from . import events
 from . import render_serving as rs
 from . import status_serving as ss
 from .conditions import condition, now_rfc3339, set_conditions, status_patch
@@ -137,6 +140,7 @@ def reset_state() -> None:
     _state.clear()
     _phases.clear()
     _nudged.clear()
+    _dirty.clear()
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -191,12 +195,13 @@ _nudged: dict[tuple[str, str, str], str] = {}
 async def nudge_deployments(
     type: str, body: kopf.Body, memo: Any, modeldeployments_by_job: kopf.Index, **_: Any
 ) -> None:
-    """A job finished (or its result changed): touch each ModelDeployment that serves it."""
+    """A job's phase or result changed: touch each ModelDeployment that uses it.
+
+    Progress updates keep the same revision, so they cause no writes.
+    """
     if type == "DELETED":
         return
     status = body.get("status") or {}
-    if status.get("phase") not in ("Succeeded", "Failed"):
-        return  # progress updates do not change what may be served
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     targets = set(modeldeployments_by_job.get((namespace, name), []))
     deploy_to = ((body.get("spec") or {}).get("deployTo") or {}).get("name")
@@ -226,6 +231,7 @@ async def nudge_deployments(
 async def reconcile_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
 ) -> None:
+    memo["serving_seen_nudge"] = (body["metadata"].get("annotations") or {}).get(NUDGE_ANNOTATION)
     await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
     memo["serving_last_sync"] = time.monotonic()
 
@@ -239,14 +245,36 @@ async def _reconcile_counted(body: kopf.Body, patch: kopf.Patch, memo: Any, inde
         raise
 
 
+_dirty: set[tuple[str, str]] = set()
+"""(namespace, instance label) of deployments whose pods or Deployment changed since the last sync."""
+
+
+@kopf.on.event("", "v1", "pods", labels={rs.MODEL_LABEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={rs.MODEL_LABEL: kopf.PRESENT})
+def serving_child_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    """A pod restarted or became ready, a rollout moved: resync on the next 1 s tick."""
+    _dirty.add((namespace, labels[rs.MODEL_LABEL]))
+
+
 @kopf.timer(*MD, interval=1.0, initial_delay=1.0)
 async def resync_modeldeployment(
     body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
 ) -> None:
-    """Level-based catch-up at the configured cadence (the 1 s tick itself makes no API call)."""
+    """Level-based catch-up: at once after a child changed, else at the configured cadence.
+
+    The 1 s tick itself makes no API call.
+    """
+    key = (body["metadata"]["namespace"], rs.selector_labels(body["metadata"]["name"])[rs.MODEL_LABEL])
+    annotations = body["metadata"].get("annotations") or {}
+    # kopf ignores changes to annotations under its own storage prefix (kubetune.io/), so
+    # the canary action and a FineTuneJob's nudge are noticed here, within a tick.
+    asked = bool(annotations.get(ss.CANARY_ANNOTATION))
+    nudged = annotations.get(NUDGE_ANNOTATION) != memo.get("serving_seen_nudge")
     last = memo.get("serving_last_sync", 0.0)
-    if time.monotonic() - last < serving_settings(memo).resync_seconds:
+    if not (asked or nudged or key in _dirty) and time.monotonic() - last < serving_settings(memo).resync_seconds:
         return
+    _dirty.discard(key)
+    memo["serving_seen_nudge"] = annotations.get(NUDGE_ANNOTATION)
     memo["serving_last_sync"] = time.monotonic()
     await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
 
@@ -256,10 +284,18 @@ def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
     _record_phase(namespace, name, None)
 
 
-def _write_status(patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+def _write_status(
+    patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any], body: Mapping[str, Any] | None = None
+) -> None:
+    """Patch only what changed; a phase change also becomes an Event (Warning when it is bad news)."""
     changes = status_patch(current, desired)
     for key, value in (changes or {}).items():
         patch.status[key] = value
+    new_phase = desired.get("phase")
+    if body is not None and new_phase and new_phase != current.get("phase"):
+        ready = next((c for c in desired.get("conditions") or [] if c["type"] == "Ready"), {})
+        events.emit(body, ready.get("reason") or new_phase, f"{new_phase}: {ready.get('message', '')}".rstrip(": "),
+                    warning=new_phase in ("Failed", "Degraded"))
 
 
 async def reconcile(
@@ -276,7 +312,7 @@ async def reconcile(
             {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(meta), "spec": dict(body["spec"])}
         )
     except ManifestError as exc:
-        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
+        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp, body)
         _record_phase(namespace, name, "Failed")
         return
 
@@ -286,9 +322,9 @@ async def reconcile(
         deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
         if deployment is not None and status.get("modelUri"):
             # The previous model keeps serving until the new one may replace it.
-            phase = _still_serving(patch, status, choice.blocked, deployment, generation, stamp)
+            phase = _still_serving(patch, status, choice.blocked, deployment, generation, stamp, body)
         else:
-            _blocked(patch, status, choice.blocked, generation, stamp)
+            _blocked(patch, status, choice.blocked, generation, stamp, body)
             phase = choice.blocked.phase
         _record_phase(namespace, name, phase)
         return
@@ -320,7 +356,7 @@ async def reconcile(
     try:
         children = rs.render_all(inp)
     except (EngineArgsError, ValueError) as exc:
-        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
+        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp, body)
         _record_phase(namespace, name, "Failed")
         return
 
@@ -360,7 +396,7 @@ async def reconcile(
     }
     if status.get("modelUri") != model_uri or not status.get("lastDeployTime"):
         desired_status["lastDeployTime"] = stamp
-    _write_status(patch, status, desired_status)
+    _write_status(patch, status, desired_status, body)
     _record_phase(namespace, name, phase)
 
     if plan.annotation_done:
@@ -374,7 +410,7 @@ async def reconcile(
         patch.metadata.annotations[ss.REVISIONS_ANNOTATION] = json.dumps(revisions, sort_keys=True) if revisions else None
     if plan.stable != stable or plan.canary != canary_status or plan.annotation_done:
         for note in plan.notes:  # only real transitions become Events, not every resync
-            kopf.info(body, reason="AdapterRollout", message=note)
+            events.emit(body, "AdapterRollout", note)
 
 
 def _json_annotation(annotations: Mapping[str, str], key: str) -> dict[str, Any]:
@@ -387,7 +423,7 @@ def _json_annotation(annotations: Mapping[str, str], key: str) -> dict[str, Any]
 
 def _still_serving(
     patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, deployment: Mapping[str, Any],
-    generation: Any, stamp: str,
+    generation: Any, stamp: str, body: Mapping[str, Any],
 ) -> str:
     health = ss.deployment_health(deployment)
     phase, conditions = ss.serving_conditions(health)
@@ -399,11 +435,14 @@ def _still_serving(
         "conditions": set_conditions(status.get("conditions"), conditions, generation=generation, now=stamp),
         "observedGeneration": generation,
         "readyReplicas": health.ready if health else 0,
-    })
+    }, body)
     return phase
 
 
-def _blocked(patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, generation: Any, stamp: str) -> None:
+def _blocked(
+    patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, generation: Any, stamp: str,
+    body: Mapping[str, Any],
+) -> None:
     _write_status(
         patch,
         status,
@@ -414,6 +453,7 @@ def _blocked(patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, 
             ),
             "observedGeneration": generation,
         },
+        body,
     )
 
 

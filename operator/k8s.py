@@ -176,7 +176,8 @@ class KubeApi:
     """Async CRUD over plain dicts, plus idempotent apply-by-name and discovery checks."""
 
     def __init__(self, api_client: Any = None, *, threads: int = 16, timeout: float = 30.0):
-        self._api_client = api_client
+        self._threads = threads
+        self._api_client = self._size_pool(api_client) if api_client is not None else None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-api")
         self._timeout = timeout
         self._discovery: dict[str, set[str] | None] = {}
@@ -184,10 +185,15 @@ class KubeApi:
     @property
     def api_client(self) -> Any:
         if self._api_client is None:
-            self._api_client = load_api_client()
-            pool = self._api_client.rest_client.pool_manager
-            pool.connection_pool_kw["maxsize"] = max(pool.connection_pool_kw.get("maxsize") or 1, self._executor._max_workers)
+            self._api_client = self._size_pool(load_api_client())
         return self._api_client
+
+    def _size_pool(self, api_client: Any) -> Any:
+        """One pooled connection per API thread (urllib3 would otherwise discard and reconnect)."""
+        pool = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
+        if pool is not None:
+            pool.connection_pool_kw["maxsize"] = max(pool.connection_pool_kw.get("maxsize") or 1, self._threads)
+        return api_client
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -369,6 +369,8 @@ class DeploymentHealth:
     available: bool
     stalled: str | None
     """A reason when the rollout cannot progress (ProgressDeadlineExceeded, ReplicaFailure)."""
+    observed: bool = True
+    """The controller has seen the latest spec (status.observedGeneration >= generation)."""
 
 
 def deployment_health(deployment: Mapping[str, Any] | None) -> DeploymentHealth | None:
@@ -386,12 +388,16 @@ def deployment_health(deployment: Mapping[str, Any] | None) -> DeploymentHealth 
         if cond.get("type") == "Available" and cond.get("status") == "True":
             available = True
     ready = int(status.get("readyReplicas") or 0)
+    generation = (deployment.get("metadata") or {}).get("generation")
+    observed_generation = status.get("observedGeneration")
+    observed = generation is None or (observed_generation is not None and observed_generation >= generation)
     return DeploymentHealth(
         ready=ready,
         desired=desired,
         updated=int(status.get("updatedReplicas") or 0),
         available=available or ready > 0,
         stalled=stalled,
+        observed=observed,
     )
 
 
@@ -411,6 +417,13 @@ def serving_conditions(
             condition("Progressing", True, "Deploying", "the Deployment is being created"),
             condition("Degraded", False, "Deploying"),
         ]
+    if health.desired == 0:
+        message = "spec.replicas is 0: no engine runs"
+        return "Pending", [
+            condition("Ready", False, "ScaledToZero", message),
+            condition("Progressing", False, "ScaledToZero", message),
+            condition("Degraded", False, "ScaledToZero"),
+        ]
     replicas = f"{health.ready}/{health.desired} replicas ready"
     problems = [*adapter_failures]
     if health.stalled:
@@ -421,9 +434,12 @@ def serving_conditions(
         ready = condition("Ready", False, "RolloutStalled", f"{replicas}; {health.stalled}")
     else:
         ready = condition("Ready", False, "Starting", f"{replicas}; the engine is loading the model")
-    rolling = health.ready < health.desired or health.updated < health.desired or bool(adapters_loading)
+    pods_rolling = health.ready < health.desired or health.updated < health.desired or not health.observed
+    rolling = pods_rolling or bool(adapters_loading)
     in_progress = rolling or canary is not None
-    progress_parts = [replicas] if health.ready < health.desired or health.updated < health.desired else []
+    progress_parts = [replicas] if pods_rolling else []
+    if not health.observed:
+        progress_parts.append("the new pod template is not rolled out yet")
     if adapters_loading:
         progress_parts.append("loading adapters: " + ", ".join(adapters_loading))
     if canary is not None:

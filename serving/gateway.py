@@ -110,8 +110,11 @@ class Gateway:
                           buffer_size=config.feedback_buffer, seed=config.seed)
             if config.log_dir else None
         )
-        self.scorer = None if config.safety_scorer == "none" else make_scorer(config.safety_scorer,
-                                                                              config.safety_endpoint)
+        try:
+            self.scorer = None if config.safety_scorer == "none" else make_scorer(config.safety_scorer,
+                                                                                  config.safety_endpoint)
+        except ImportError as exc:
+            raise ValueError(f"--safety-scorer {config.safety_scorer}: not available in this build ({exc})") from None
         self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed,
                                    check_interval=config.reload_interval)
         self._models: dict[str, str | None] = {}  # served name -> parent (None for a base model)
@@ -378,34 +381,47 @@ class Gateway:
             held: list[bytes] = []
             upstream_id = b""
             ours = b'"' + rid.encode() + b'"'
-            lines: list[bytes] = []
+            pending = b""
             try:
-                async for line in resp.content:
-                    if line.strip():
-                        lines.append(line)
+                # Forward what arrives as soon as it holds whole SSE events: one write per network
+                # read, not per line, and never a re-chunked or delayed event.
+                async for piece in resp.content.iter_any():
+                    if b"\r" in piece:
+                        piece = piece.replace(b"\r\n", b"\n")
+                    pending += piece
+                    cut = pending.rfind(b"\n\n")
+                    if cut < 0:
                         continue
-                    if not lines:
+                    complete, pending = pending[:cut + 2], pending[cut + 2:]
+                    outgoing = []
+                    for event in complete.split(b"\n\n")[:-1]:
+                        data = event[5:].strip() if event.startswith(b"data:") else b""
+                        if data and data != b"[DONE]":
+                            if not upstream_id:
+                                try:
+                                    upstream_id = b'"' + json.loads(data).get("id", "").encode() + b'"'
+                                except (ValueError, AttributeError):
+                                    upstream_id = b'""'
+                            if upstream_id != b'""':
+                                event = event.replace(upstream_id, ours, 1)
+                            datas.append(data)
+                            if not client_usage and (b'"usage":{' in data or b'"usage": {' in data) \
+                                    and _is_usage_only(data):
+                                continue  # the usage chunk we asked for on the client's behalf
+                        outgoing.append(event + b"\n\n")
+                    if not outgoing:
                         continue
-                    event = b"".join(lines) + b"\n"
-                    lines.clear()
-                    data = event[5:].strip() if event.startswith(b"data:") else b""
-                    if data and data != b"[DONE]":
-                        if not upstream_id:
-                            try:
-                                upstream_id = b'"' + json.loads(data).get("id", "").encode() + b'"'
-                            except (ValueError, AttributeError):
-                                upstream_id = b'""'
-                        if upstream_id != b'""':
-                            event = event.replace(upstream_id, ours, 1)
-                        datas.append(data)
-                        if not client_usage and (b'"usage":{' in data or b'"usage": {' in data) and _is_usage_only(data):
-                            continue  # the usage chunk we asked for on the client's behalf
                     if out.ttft is None:
                         out.ttft = time.perf_counter() - started
                     if hold:
-                        held.append(event)
+                        held.extend(outgoing)
                     else:
-                        await response.write(event)
+                        await response.write(b"".join(outgoing))
+                if pending.strip():  # an engine that ended without the closing blank line
+                    if hold:
+                        held.append(pending)
+                    else:
+                        await response.write(pending)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Headers are gone already: the only honest signal left is an error event.
                 err = self._upstream_error(exc)
@@ -429,11 +445,16 @@ class Gateway:
 
     def _assemble(self, kind: str, datas: list[bytes], out: _Outcome) -> None:
         parts, events = [], 0
-        for data in datas:
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                continue
+        try:  # one parse for the whole stream; chunk by chunk only if one of them is broken
+            chunks = json.loads(b"[" + b",".join(datas) + b"]")
+        except ValueError:
+            chunks = []
+            for data in datas:
+                try:
+                    chunks.append(json.loads(data))
+                except ValueError:
+                    continue
+        for chunk in chunks:
             if not isinstance(chunk, dict):
                 continue
             usage = chunk.get("usage")

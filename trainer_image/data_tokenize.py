@@ -78,29 +78,81 @@ def tokenise_all(
     examples: list[Example], tokenizer, *, template: str | None, max_seq_length: int,
     train_on_prompt: bool, objective: str = "sft",
 ) -> TokeniseResult:
-    """Tokenise every example; rows over max_seq_length tokens are dropped and counted."""
+    """Tokenise every example; rows over max_seq_length tokens are dropped and counted.
+
+    Conversations are rendered one by one and then encoded in batches (the tokenizer's
+    per-call overhead dominates on short rows)."""
     result = TokeniseResult([], 0, [])
     cap = max_seq_length * CHARS_PER_TOKEN_CAP
+    pending: list[tuple[Example, str, list[tuple[int, int]]]] = []
+
+    def keep(ex: Example, sample) -> None:
+        item = Tokenised(ex, sample)
+        if item.length > max_seq_length:
+            result.too_long += 1
+        else:
+            result.items.append(item)
+
+    def flush() -> None:
+        texts = [full for _, full, _ in pending]
+        for (ex, _, spans), (ids, offsets) in zip(pending, _encode_with_offsets(tokenizer, texts)):
+            keep(ex, _label_spans(ids, offsets, spans, train_on_prompt))
+        pending.clear()
+
     for ex in examples:
         if sum(len(t) for t in ex.texts()) > cap:
             result.too_long += 1
             continue
         try:
             if ex.kind == "text":
-                sample = tokenise_text(ex.text, tokenizer)
+                keep(ex, tokenise_text(ex.text, tokenizer))
             elif ex.kind == "preference":
-                sample = tokenise_preference(ex.messages, ex.chosen, ex.rejected, tokenizer, template)
+                keep(ex, tokenise_preference(ex.messages, ex.chosen, ex.rejected, tokenizer, template))
             else:
-                sample = tokenise_chat(ex.messages, tokenizer, template, train_on_prompt=train_on_prompt)
+                full, spans = assistant_spans(tokenizer, template, ex.messages)
+                pending.append((ex, full, spans))
+                if len(pending) >= ENCODE_BATCH:
+                    flush()
         except _TemplateRefused as exc:
             result.template_errors.append(f"{ex.origin}: {exc}")
-            continue
-        item = Tokenised(ex, sample)
-        if item.length > max_seq_length:
-            result.too_long += 1
-            continue
-        result.items.append(item)
+    flush()
+    # batching reorders chat rows after text/preference ones only within mixed inputs: restore
+    order = {id(ex): i for i, ex in enumerate(examples)}
+    result.items.sort(key=lambda item: order[id(item.example)])
     return result
+
+
+ENCODE_BATCH = 512
+
+
+def _encode_with_offsets(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    if not texts:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        return list(zip(enc["input_ids"], enc["offset_mapping"]))
+    out = []
+    for text in texts:  # slow tokenizers have no offsets: decode growing prefixes
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append((ids, _offsets_by_prefix(tokenizer, text, ids)))
+    return out
+
+
+def _label_spans(ids: list[int], offsets, spans: list[tuple[int, int]], train_on_prompt: bool) -> SftSample:
+    """Labels = ids on tokens whose character range overlaps an assistant span."""
+    import numpy as np
+
+    ids = list(ids)
+    if train_on_prompt:
+        return SftSample(ids, list(ids))
+    if not ids or not spans:
+        return SftSample(ids, [IGNORE_INDEX] * len(ids))
+    bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    trained = np.zeros(len(ids), dtype=bool)
+    for start, end in spans:
+        trained |= (bounds[:, 0] < end) & (bounds[:, 1] > start)
+    labels = np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
+    return SftSample(ids, labels.tolist())
 
 
 class _TemplateRefused(Exception):
@@ -149,19 +201,8 @@ def tokenise_chat(messages: list[dict], tokenizer, template: str, *, train_on_pr
     """Input ids of the rendered conversation; labels only on assistant turns unless
     train_on_prompt."""
     full, spans = assistant_spans(tokenizer, template, messages)
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    else:  # slow tokenizers have no offsets: token counts of the rendered prefixes
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        offsets = _offsets_by_prefix(tokenizer, full, ids)
-    if train_on_prompt:
-        return SftSample(list(ids), list(ids))
-    labels = [IGNORE_INDEX] * len(ids)
-    for t, (a, b) in enumerate(offsets):
-        if any(a < end and b > start for start, end in spans):
-            labels[t] = ids[t]
-    return SftSample(list(ids), labels)
+    ((ids, offsets),) = _encode_with_offsets(tokenizer, [full])
+    return _label_spans(ids, offsets, spans, train_on_prompt)
 
 
 def _offsets_by_prefix(tokenizer, full: str, ids: list[int]) -> list[tuple[int, int]]:

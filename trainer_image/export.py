@@ -233,8 +233,19 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(aside, a)
 
 
+def publish_modes(root: Path) -> None:
+    """Ordinary umask modes: mkdtemp makes 0700 folders, which the serving pods' user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def install_dir(staging: Path, output_dir: Path, keep: tuple[str, ...] = KEEP_FROM_PREVIOUS) -> None:
     """Put a fully written staging folder at output_dir, carrying over `keep` entries."""
+    publish_modes(staging)
     if not output_dir.exists():
         os.rename(staging, output_dir)
         return

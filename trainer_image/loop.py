@@ -281,6 +281,12 @@ def train_loop(cfg: LoopConfig) -> LoopResult:
     if not sequences:
         raise TrainerConfigError("no training samples: check spec.datasets and preprocessing")
     plan = plan_steps(len(sequences), world_size, hp)
+    if plan.sequences < plan.per_step and rank == 0:
+        log.warning(
+            "%d training sequences are fewer than one optimizer step takes (%d = workers x batchSize x "
+            "gradientAccumulationSteps): sequences repeat within a step; lower batchSize or add data",
+            plan.sequences, plan.per_step,
+        )
 
     params_by_name = dict(model.named_parameters())
     names_by_id = {id(p): n for n, p in params_by_name.items()}

@@ -70,6 +70,10 @@ def test_rayjob_status_drives_phases(kube_http, kuberay, namespace):
     assert find_condition(status["conditions"], "Succeeded")["status"] == "True"
     wait_for(lambda: {"Provisioning", "Training", "Succeeded"} <= {e.get("reason") for e in kube_http.list("events", namespace)},
              10, message="an Event per transition")
+    from prometheus_client import REGISTRY  # the in-process operator exports here
+
+    assert REGISTRY.get_sample_value("kubetune_finetunejobs", {"phase": "Succeeded"}) >= 1
+    assert REGISTRY.get_sample_value("kubetune_finetunejob_duration_seconds_count") >= 1
 
 
 @pytest.mark.parametrize(("pod_status", "reason"), [(image_pull_backoff(), "ImagePullBackOff"), (oom_killed(), "OOMKilled")])

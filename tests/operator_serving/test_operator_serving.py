@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.harness.client import wait_for
 
@@ -92,10 +93,11 @@ def pod_state(status: dict[str, Any], adapter: str, pod: str) -> str | None:
 # ----------------------------------------------------------------------------- promotion gates
 
 
-def test_gates_passed_deploys_and_readiness_makes_it_ready(http, ns):
+def test_gates_passed_deploys_and_readiness_makes_it_ready(http, ns, kubectl):
     http.create("finetunejobs", ns, finetunejob("ft-ok"))
     http.patch_status("finetunejobs", ns, "ft-ok", succeeded("ft-ok"))
-    http.create("modeldeployments", ns, modeldeployment("chat", {"model": {"fineTuneJobRef": {"name": "ft-ok"}}}))
+    manifest = modeldeployment("chat", {"model": {"fineTuneJobRef": {"name": "ft-ok"}}})
+    kubectl("apply", "--validate=false", "-n", ns, "-f", "-", input=json.dumps(manifest))
 
     deploy = wait_for(lambda: http.get("deployments", ns, "chat-vllm"), 15, message="the vLLM Deployment")
     service = wait_for(lambda: http.get("services", ns, "chat"), 5, message="the Service")
@@ -117,6 +119,25 @@ def test_gates_passed_deploys_and_readiness_makes_it_ready(http, ns):
     assert status["servedModels"] == ["chat-base", "chat"]
     assert status["readyReplicas"] == 1
     assert status["modelUri"] == "pvc://artifacts/ft-ok/adapter"
+    assert REGISTRY.get_sample_value("kubetune_modeldeployments", {"phase": "Ready"}) >= 1
+    table = kubectl("get", "mdep", "chat", "-n", ns)
+    assert "Ready" in table.splitlines()[1], table
+
+
+def test_optional_children_follow_the_spec(http, ns, cluster):
+    http.create("modeldeployments", ns, modeldeployment("chat", {
+        "model": {"uri": "pvc://models/base"}, "autoscaling": {"enabled": True, "maxReplicas": 3}}))
+    hpa = wait_for(lambda: http.get("horizontalpodautoscalers", ns, "chat"), 15, message="the HPA")
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
+    assert http.get("poddisruptionbudgets", ns, "chat") is not None
+    monitor = wait_for(lambda: cluster.get("podmonitors", ns, "chat"), 5, message="the PodMonitor")
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http", "vllm"}
+    assert "replicas" not in http.get("deployments", ns, "chat-vllm")["spec"]
+
+    http.patch("modeldeployments", ns, "chat", {"spec": {"autoscaling": {"enabled": False}, "replicas": 1}})
+    wait_for(lambda: http.get("horizontalpodautoscalers", ns, "chat") is None, 10, message="HPA deleted")
+    wait_for(lambda: http.get("poddisruptionbudgets", ns, "chat") is None, 10, message="PDB deleted")
+    assert http.get("deployments", ns, "chat-vllm")["spec"]["replicas"] == 1
 
 
 def test_failed_gates_do_not_deploy_and_say_which(http, ns):
@@ -131,6 +152,15 @@ def test_failed_gates_do_not_deploy_and_say_which(http, ns):
     assert "evalLoss=2.7 (needs <= 2)" in ready["message"]
     assert http.get("deployments", ns, "chat-vllm") is None
     assert http.get("services", ns, "chat") is None
+
+
+def test_invalid_engine_args_name_the_field_and_create_nothing(http, ns):
+    http.create("modeldeployments", ns, modeldeployment("chat", {
+        "model": {"uri": "pvc://models/base"}, "engine": {"extraArgs": ["--enforce-eager", "--port=9000"]}}))
+    status = wait_for(lambda: (s := md_status(http, ns, "chat")) and cond(s, "Ready").get("reason") == "InvalidSpec" and s,
+                      15, message="InvalidSpec")
+    assert "spec.engine.extraArgs[1]" in cond(status, "Ready")["message"] and status["phase"] == "Failed"
+    assert http.get("deployments", ns, "chat-vllm") is None
 
 
 def test_missing_job_then_training_then_promoted_when_it_succeeds(http, ns):
@@ -254,15 +284,15 @@ def _gateway_routes(http, ns: str) -> list[dict[str, Any]]:
     return json.loads(cm["data"]["canary.json"])["routes"]
 
 
-def _annotate(http, ns: str, value: str) -> None:
-    http.patch("modeldeployments", ns, "chat", {"metadata": {"annotations": {"kubetune.io/canary": value}}})
+def _annotate(kubectl, ns: str, value: str) -> None:
+    kubectl("annotate", "-n", ns, "mdep", "chat", f"kubetune.io/canary={value}", "--overwrite")
 
 
 def _set_adapter(http, ns: str, uri: str) -> None:
     http.patch("modeldeployments", ns, "chat", {"spec": {"adapters": [{"name": "tone", "uri": uri}]}})
 
 
-def test_canary_promote_and_rollback(http, ns, fake_vllm):
+def test_canary_promote_and_rollback(http, ns, fake_vllm, kubectl):
     fake_vllm.restart()
     http.create("modeldeployments", ns, modeldeployment("chat", {
         "model": {"uri": "pvc://models/base"},
@@ -287,7 +317,7 @@ def test_canary_promote_and_rollback(http, ns, fake_vllm):
     assert progressing["status"] == "True" and "25% to pvc://artifacts/tone-v2" in progressing["message"]
 
     # Promote: v2 serves under the adapter's own name, the canary is gone, the annotation consumed.
-    _annotate(http, ns, "promote")
+    _annotate(kubectl, ns, "promote")
     wait_for(lambda: fake_vllm.loaded() == {"tone": "/mnt/pvc/artifacts/tone-v2"}, 10, message="promoted in the engine")
     status = wait_for(lambda: (s := md_status(http, ns, "chat")) and not s.get("canary")
                       and {a["name"]: a["uri"] for a in s.get("adapters") or []} == {"tone": "pvc://artifacts/tone-v2"} and s,
@@ -301,7 +331,7 @@ def test_canary_promote_and_rollback(http, ns, fake_vllm):
     # v3 canary, then rollback: v2 stays, v3 is refused and not canaried again.
     _set_adapter(http, ns, "pvc://artifacts/tone-v3")
     wait_for(lambda: (md_status(http, ns, "chat").get("canary") or {}).get("uri") == "pvc://artifacts/tone-v3", 10)
-    _annotate(http, ns, "rollback")
+    _annotate(kubectl, ns, "rollback")
     wait_for(lambda: fake_vllm.loaded() == {"tone": "/mnt/pvc/artifacts/tone-v2"}, 10, message="canary unloaded")
     status = wait_for(lambda: (s := md_status(http, ns, "chat")) and not s.get("canary") and s, 10)
     assert {a["name"]: a["uri"] for a in status["adapters"]} == {"tone": "pvc://artifacts/tone-v2"}
@@ -310,12 +340,12 @@ def test_canary_promote_and_rollback(http, ns, fake_vllm):
     assert "kubetune.io/canary" not in md["metadata"]["annotations"]
     unloads = fake_vllm.calls_to("/v1/unload_lora_adapter")
     assert {"lora_name": "tone-canary"} in unloads
-    # Several resyncs later nothing restarted the canary.
+    # A later reconcile (a pod event forces one) does not start the refused canary again.
     loads_before = len(fake_vllm.calls_to("/v1/load_lora_adapter"))
-    wait_for(lambda: md_status(http, ns, "chat").get("canary") is None, 2)
-    import time
-
-    time.sleep(1.0)  # a few resync periods (0.3 s) pass
+    listings = fake_vllm.model_listings
+    http.patch_status("pods", ns, "chat-pod-c", {"conditions": [{"type": "Ready", "status": "True"},
+                                                                {"type": "ContainersReady", "status": "True"}]})
+    wait_for(lambda: fake_vllm.model_listings > listings, 10, message="a reconcile after the pod event")
     assert md_status(http, ns, "chat").get("canary") is None
     assert len(fake_vllm.calls_to("/v1/load_lora_adapter")) == loads_before
     http.delete("pods", ns, "chat-pod-c")

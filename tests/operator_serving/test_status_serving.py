@@ -235,3 +235,17 @@ def test_blocked_conditions():
                               "message": "evalLoss=3 (needs <= 2)"}
     assert conds["Progressing"]["status"] == "False"
     assert by_type(ss.blocked_conditions(ss.Blocked("WaitingForTraining", "x")))["Progressing"]["status"] == "True"
+
+
+def test_an_unobserved_template_change_is_progressing_and_zero_replicas_is_not_ready():
+    rolled = deployment(2)
+    rolled["metadata"] = {"generation": 3}
+    rolled["status"]["observedGeneration"] = 2
+    phase, conds = ss.serving_conditions(ss.deployment_health(rolled))
+    assert phase == "Deploying" and by_type(conds)["Progressing"]["reason"] == "RollingOut"
+    assert "not rolled out yet" in by_type(conds)["Progressing"]["message"]
+    rolled["status"]["observedGeneration"] = 3
+    assert ss.serving_conditions(ss.deployment_health(rolled))[0] == "Ready"
+
+    phase, conds = ss.serving_conditions(ss.deployment_health(deployment(0, replicas=0)))
+    assert phase == "Pending" and by_type(conds)["Ready"]["reason"] == "ScaledToZero"

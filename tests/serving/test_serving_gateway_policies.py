@@ -20,7 +20,7 @@ import pytest
 from kubetune.serving.gateway import REFUSAL_TEXT, Gateway, GatewayConfig
 from kubetune.serving.payload_log import PayloadLogger
 
-from tests.serving.serving_support import AppThread, ScriptedUpstream, free_port, read_log
+from tests.serving.serving_support import AppThread, ScriptedUpstream, ServeProcess, free_port, read_log
 
 HARMFUL = "Sure. To make a pipe bomb you need a detonator and a steel pipe."
 
@@ -222,3 +222,20 @@ def test_feedback_forces_unsampled_record(tmp_path):
     (rec,) = [json.loads(x) for x in (tmp_path / "payloads.jsonl").read_text().splitlines()]
     assert rec["id"] == "req-4"
     assert rec["feedback"] == {"rating": -1, "comment": "wrong, call [PHONE]"}
+
+
+def test_sigterm_flushes_every_record(tmp_path, scripted):
+    """The gateway as the operator starts it (`serve --upstream ...`, its flag spellings), stopped
+    with SIGTERM as Kubernetes stops a pod: every answered request is on disk afterwards."""
+    (tmp_path / "keys").write_text("k\n")
+    proc = ServeProcess(["--upstream", scripted.url, "--port", "0", "--log-dir", str(tmp_path / "logs"),
+                         "--sample-rate", "1.0", "--safety", "offline", "--safety-action", "flag",
+                         "--api-keys-file", str(tmp_path / "keys"), "--max-tokens", "64"], cwd=tmp_path)
+    try:
+        client = openai.OpenAI(base_url=proc.url + "/v1", api_key="k", max_retries=0, timeout=20)
+        ids = [client.completions.with_raw_response.create(model="base", prompt=f"n{i}").headers["x-request-id"]
+               for i in range(40)]
+    finally:
+        code = proc.terminate()
+    assert code == 0
+    assert [r["id"] for r in read_log(tmp_path / "logs")] == ids

@@ -57,7 +57,7 @@ def preference_samples(tokenizer):
 BASE_SPEC = {
     "datasets": [{"name": "qa", "uri": "train.jsonl", "format": "alpaca"}],
     "method": {"type": "lora"},
-    "hyperparameters": {"maxSteps": 6, "batchSize": 4, "learningRate": 0.01, "warmupRatio": 0, "seed": 7},
+    "hyperparameters": {"maxSteps": 6, "batchSize": 1, "learningRate": 0.01, "warmupRatio": 0, "seed": 7},
     "resources": {"workers": 1, "gpusPerWorker": 0},
     "evaluation": {"metrics": ["loss"], "safety": {"enabled": False}},
 }

@@ -26,7 +26,7 @@ def _train(job, samples, tokenizer, checkpoint_dir, **kw):
     [
         {"type": "full"},
         {"type": "freeze", "freeze": {"trainableLayers": 1}},
-        {"type": "lora", "lora": {"rank": 8, "alpha": 16, "rsLora": True}},
+        {"type": "lora", "lora": {"rank": 4, "alpha": 4, "rsLora": True}},
         {"type": "dora", "lora": {"rank": 4, "alpha": 8}},
         {"type": "hft", "hft": {"stages": 2, "seed": 3}},
     ],
@@ -34,10 +34,10 @@ def _train(job, samples, tokenizer, checkpoint_dir, **kw):
 )
 def test_each_method_overfits_a_fixed_set(method, make_job, sft_samples, tokenizer, checkpoint_dir):
     lr = 0.01 if method["type"] in ("lora", "dora") else 0.003
-    job = make_job({"method": method, "hyperparameters": {"learningRate": lr, "batchSize": 8}})
+    job = make_job({"method": method, "hyperparameters": {"learningRate": lr}})  # one packed row of all 8
     result = _train(job, sft_samples, tokenizer, checkpoint_dir)
     assert len(result.losses) == 6
-    assert result.losses[-1] < 0.92 * result.losses[0], result.losses
+    assert result.losses[-1] < result.losses[0] - 0.3, result.losses
     assert 0 < result.trainable_parameters <= result.total_parameters
 
 
@@ -47,7 +47,7 @@ def test_preference_objectives_learn(objective, method, make_job, preference_sam
         "datasets": [{"name": "pairs", "uri": "pairs.jsonl", "format": "preference"}],
         "method": {"type": method},
         "objective": {"type": objective, "beta": 0.5},
-        "hyperparameters": {"learningRate": 0.01 if method == "lora" else 0.003, "batchSize": 8},
+        "hyperparameters": {"learningRate": 0.01 if method == "lora" else 0.003, "batchSize": 4},
     })
     result = _train(job, preference_samples, tokenizer, checkpoint_dir)
     if objective == "dpo":
@@ -140,4 +140,4 @@ def test_sft_loss_is_normalised_over_accumulated_micro_batches(make_job, sft_sam
     wa = torch.load(f"{a.checkpoint}/trainable.pt", weights_only=True)
     wb = torch.load(f"{b.checkpoint}/trainable.pt", weights_only=True)
     for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=5e-5)  # Adam amplifies float noise on ~0 grads

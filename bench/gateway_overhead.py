@@ -1,0 +1,289 @@
+"""Gateway overhead: the same streaming load against a fast fake engine directly and through
+the gateway (payload logging at sample rate 1 and offline safety scoring on), in one run.
+
+    .venv/bin/python bench/gateway_overhead.py [--clients 64] [--requests 10] [--chunks 16]
+        [--chunk-delay-ms 5] [--rounds 2] [--engine-model DIR] [--skip-engine]
+
+Prints added p50/p99 latency (whole stream) and TTFT, and the throughput ratio
+(through-gateway / direct), then the local engine's tokens/s on the quickstart model
+(SmolLM2 if an imported folder exists, else the tiny test model) against plain
+`model.generate` on the same model. The engine, the gateway and the load generator are three
+processes, as in a pod; on a 2-core machine they compete for the CPU, so the figures are an
+upper bound of the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KUBETUNE = str(Path(sys.executable).with_name("kubetune"))
+SMOLLM2_CANDIDATES = [
+    Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/models")) / "HuggingFaceTB" / "SmolLM2-135M-Instruct",
+    REPO / "out" / "models" / "SmolLM2-135M-Instruct",
+    REPO / "out" / "quickstart" / "base-model",
+    REPO / "out" / "quickstart" / "models" / "SmolLM2-135M-Instruct",
+]
+
+
+# ----------------------------------------------------------------------------- the fake engine
+
+
+def run_fake_engine(port: int, chunks: int, delay_ms: float) -> None:
+    """An OpenAI-style engine that streams canned SSE as fast as asked; runs until killed."""
+    from aiohttp import web
+
+    words = [f"word{i} " for i in range(chunks)]
+
+    def event(i: int, rid: str, model: str) -> bytes:
+        chunk = {"id": rid, "object": "chat.completion.chunk", "created": 1, "model": model,
+                 "choices": [{"index": 0, "delta": {"content": words[i]}, "finish_reason": None}]}
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    async def models(request):
+        return web.json_response({"object": "list", "data": [{"id": "base", "object": "model", "parent": None}]})
+
+    async def chat(request):
+        body = await request.json()
+        rid = "chatcmpl-" + request.headers.get("X-Request-Id", "direct")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(chunks):
+            if delay_ms:
+                await asyncio.sleep(delay_ms / 1000)
+            await resp.write(event(i, rid, body["model"]))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": rid, "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                     "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": chunks,
+                                              "total_tokens": 8 + chunks}}
+            await resp.write(b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, backlog=1024)
+
+
+# ----------------------------------------------------------------------------- load
+
+
+async def one_request(session, url: str, body: bytes, headers: dict) -> tuple[float, float]:
+    start = time.perf_counter()
+    ttft = None
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
+        async for chunk in resp.content.iter_any():
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            if chunk.endswith(b"data: [DONE]\n\n"):
+                break
+    return time.perf_counter() - start, ttft or 0.0
+
+
+async def load(base: str, clients: int, requests: int) -> dict:
+    import aiohttp
+
+    url = base + "/v1/chat/completions"
+    body = json.dumps({"model": "base", "stream": True, "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "Write me a short poem about containers."}]}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(one_request(session, url, body, headers) for _ in range(clients)))  # warm-up
+
+        async def client():
+            return [await one_request(session, url, body, headers) for _ in range(requests)]
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(client() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    latencies = sorted(x[0] for r in results for x in r)
+    ttfts = sorted(x[1] for r in results for x in r)
+    return {"latencies": latencies, "ttfts": ttfts, "wall": wall, "count": len(latencies)}
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up in {timeout:.0f}s")
+            time.sleep(0.3)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), independent of what else runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_overhead(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "keys").write_text("bench-key\n")
+        engine_port, gateway_port = free_port(), free_port()
+        procs = []
+        try:
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--role", "engine", "--port", str(engine_port), "--chunks", str(args.chunks),
+                 "--chunk-delay-ms", str(args.chunk_delay_ms)], cwd=tmp))
+            wait_http(f"http://127.0.0.1:{engine_port}/v1/models")
+            procs.append(subprocess.Popen(
+                [KUBETUNE, "serve", "--gateway-only", "--upstream", f"http://127.0.0.1:{engine_port}",
+                 "--port", str(gateway_port), "--api-keys", str(tmp / "keys"), "--log-dir", str(tmp / "logs"),
+                 "--sample-rate", "1", "--safety-scorer", "offline", "--safety-action", "flag", "--log-level",
+                 "WARNING"], cwd=tmp, stdout=subprocess.DEVNULL))
+            wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+            runs = {"direct": [], "gateway": []}
+            gateway_cpu = 0.0
+            for _ in range(args.rounds):  # interleaved, so background load hits both alike
+                for name, port in (("direct", engine_port), ("gateway", gateway_port)):
+                    before = cpu_seconds(procs[1].pid)
+                    runs[name].append(asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.requests)))
+                    if name == "gateway":
+                        gateway_cpu += cpu_seconds(procs[1].pid) - before
+        finally:
+            for p in reversed(procs):
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        logged = sum(1 for _ in open(tmp / "logs" / "payloads.jsonl"))
+
+    def summary(name):
+        lat = sorted(x for r in runs[name] for x in r["latencies"])
+        ttft = sorted(x for r in runs[name] for x in r["ttfts"])
+        rps = sum(r["count"] for r in runs[name]) / sum(r["wall"] for r in runs[name])
+        return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "ttft50": pct(ttft, 0.5), "ttft99": pct(ttft, 0.99),
+                "rps": rps, "n": len(lat)}
+
+    d, g = summary("direct"), summary("gateway")
+    print(f"gateway overhead: {args.clients} concurrent streaming clients x {args.requests} requests x {args.rounds} "
+          f"rounds, {args.chunks} SSE chunks per answer, {args.chunk_delay_ms} ms between chunks; payload log "
+          f"sample rate 1 ({logged} records written), offline safety scorer, flag action")
+    print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'req/s':>10}")
+    for name, s in (("direct", d), ("gateway", g)):
+        print(f"{name:10}{s['p50'] * 1e3:10.2f}{s['p99'] * 1e3:10.2f}{s['ttft50'] * 1e3:10.2f}{s['ttft99'] * 1e3:10.2f}"
+              f"{s['rps']:10.1f}")
+    per_request = gateway_cpu / sum(r["count"] + args.clients for r in runs["gateway"])
+    print(f"gateway CPU per streamed request: {per_request * 1e3:.2f} ms ({per_request * 1e6 / (args.chunks + 2):.0f} us "
+          f"per SSE event), i.e. about {1 / per_request:.0f} streamed requests/s per core")
+    print(f"added p50 {1e3 * (g['p50'] - d['p50']):.2f} ms (target <= 1 ms), added p99 {1e3 * (g['p99'] - d['p99']):.2f} ms, "
+          f"added TTFT p50 {1e3 * (g['ttft50'] - d['ttft50']):.2f} ms; throughput ratio gateway/direct "
+          f"{g['rps'] / d['rps']:.3f} (target >= 0.95)")
+
+
+# ----------------------------------------------------------------------------- local engine tokens/s
+
+
+def find_model(explicit: str | None) -> tuple[Path, str]:
+    if explicit:
+        return Path(explicit), Path(explicit).name
+    for candidate in SMOLLM2_CANDIDATES:
+        if (candidate / "config.json").is_file():
+            return candidate, "SmolLM2-135M-Instruct"
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.tiny_model import build_tiny_model
+
+    print("SmolLM2 folder not found (kubetune models import-gguf --output out/models/SmolLM2-135M-Instruct): "
+          "measuring the tiny test model instead")
+    return build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"), "tiny test model (hidden 64, 2 layers)"
+
+
+def engine_tokens_per_second(args) -> None:
+    import torch
+
+    from kubetune.serving.engine_local import GenerationJob, LocalEngine
+
+    path, label = find_model(args.engine_model)
+    engine = LocalEngine(path, served_name="bench")
+    messages = [{"role": "user", "content": "Explain in a few sentences what Kubernetes does."}]
+    text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+    new = args.engine_tokens
+
+    def ours() -> tuple[int, float]:
+        job = GenerationJob("chat", "bench", ids, new, 0.0, 1.0, None, [])
+        start = time.perf_counter()
+        result = engine._generate(job, on_text=lambda piece: None)
+        return result.completion_tokens, time.perf_counter() - start
+
+    def plain() -> tuple[int, float]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = engine.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
+                                        dtype=torch.long), max_new_tokens=new, do_sample=False,
+                                        pad_token_id=engine.pad_id, eos_token_id=engine.eos_ids)
+        return out.shape[1] - len(ids), time.perf_counter() - start
+
+    ours(), plain()  # warm-up
+    rates = {"engine": [], "plain": []}
+    for _ in range(args.engine_runs):
+        for name, fn in (("engine", ours), ("plain", plain)):
+            tokens, seconds = fn()
+            rates[name].append(tokens / seconds)
+    e, p = statistics.median(rates["engine"]), statistics.median(rates["plain"])
+    print(f"local engine on {label}: {e:.1f} tokens/s streamed (greedy, {new} new tokens, batch 1, "
+          f"{torch.get_num_threads()} threads); plain model.generate {p:.1f} tokens/s; ratio {e / p:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=["bench", "engine"], default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=10, help="requests per client per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per answer")
+    parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="fake engine's pause between chunks")
+    parser.add_argument("--engine-model", help="model folder for the tokens/s figure (default: SmolLM2 or tiny)")
+    parser.add_argument("--engine-tokens", type=int, default=64)
+    parser.add_argument("--engine-runs", type=int, default=3)
+    parser.add_argument("--skip-engine", action="store_true", help="only the gateway overhead")
+    parser.add_argument("--skip-gateway", action="store_true", help="only the local engine tokens/s")
+    args = parser.parse_args()
+    if args.role == "engine":
+        run_fake_engine(args.port, args.chunks, args.chunk_delay_ms)
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not args.skip_gateway:
+        gateway_overhead(args)
+    if not args.skip_engine:
+        engine_tokens_per_second(args)
+
+
+if __name__ == "__main__":
+    main()

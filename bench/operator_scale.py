@@ -1,0 +1,213 @@
+"""Benchmark: N FineTuneJobs applied at once against the Kubernetes emulator.
+
+Measures, in one run on the same machine:
+- create -> RayJob created, per job (p50, p95): POST of the FineTuneJob returned -> the
+  RayJob's ADDED event arrives on a watch;
+- the time until every job reports phase Provisioning (the bench plays KubeRay: each new
+  RayJob is PATCHed to jobDeploymentStatus=Initializing, as KubeRay would);
+- the operator's peak RSS (VmHWM of the real `kubetune operator` process);
+- baseline: the emulator's own request latency (p50, p95 of plain ConfigMap creates),
+  so the ratio says how much the operator adds on top of one API round trip.
+
+The emulator runs in its own process (tests/harness), the operator is the real CLI
+(`python -m kubetune operator --standalone`), so neither shares a GIL with the clients.
+
+    .venv/bin/python bench/operator_scale.py [--jobs 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+NS = "bench"
+
+
+def serve_emulator(workdir: str) -> None:
+    """Child process: run the emulator, print its kubeconfig path, stop when stdin closes."""
+    from tests.harness.server import RunningEmulator
+
+    with RunningEmulator(Path(workdir)) as emulator:
+        print(json.dumps({"url": emulator.url, "kubeconfig": str(emulator.kubeconfig)}), flush=True)
+        sys.stdin.read()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_live(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the operator exited with {process.returncode} during start-up")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the operator's liveness probe {url} did not answer within {timeout}s")
+
+
+def manifest(i: int) -> dict:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": f"job-{i:04d}", "namespace": NS},
+        "spec": {
+            "baseModel": {"uri": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "datasets": [{"name": "d", "uri": "pvc://datasets/train.jsonl", "format": "chat"}],
+            "output": {"uri": f"pvc://models/job-{i:04d}"},
+            "resources": {"workers": 2, "gpusPerWorker": 1},
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--baseline-requests", type=int, default=300)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--serve-emulator", metavar="DIR", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_emulator:
+        serve_emulator(args.serve_emulator)
+        return 0
+
+    import httpx
+
+    workdir = tempfile.mkdtemp(prefix="kubetune-bench-")
+    env = dict(os.environ)  # no PYTHONPATH=REPO: operator/ would shadow the stdlib module
+    emu = subprocess.Popen([sys.executable, __file__, "--serve-emulator", workdir],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    operator = None
+    try:
+        info = json.loads(emu.stdout.readline())
+        url = info["url"]
+        http = httpx.Client(base_url=url, timeout=30, limits=httpx.Limits(max_connections=32))
+        http.post("/api/v1/namespaces", json={"metadata": {"name": NS}}).raise_for_status()
+
+        # Baseline: the emulator's own latency for one create.
+        base = []
+        for i in range(args.baseline_requests):
+            start = time.perf_counter()
+            http.post(f"/api/v1/namespaces/{NS}/configmaps", json={"metadata": {"name": f"base-{i}"}}).raise_for_status()
+            base.append(time.perf_counter() - start)
+
+        op_env = {**env, "KUBECONFIG": info["kubeconfig"], "KUBETUNE_LOG_FORMAT": "plain",
+                  "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_RESYNC_SECONDS": "30"}
+        probe = f"http://127.0.0.1:{free_port()}/healthz"
+        operator = subprocess.Popen([sys.executable, "-m", "kubetune", "operator", "--standalone", "--liveness", probe],
+                                    env=op_env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "operator.log", "w"))
+
+        # Watch RayJobs: record arrival, and play KubeRay (Initializing) for each new one.
+        arrived: dict[str, float] = {}
+        ready = threading.Event()
+
+        def kuberay() -> None:
+            client = httpx.Client(base_url=url, timeout=None)
+            with client.stream("GET", f"/apis/ray.io/v1/namespaces/{NS}/rayjobs", params={"watch": "true"}) as resp:
+                ready.set()
+                for line in resp.iter_lines():
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    name = event["object"]["metadata"]["name"]
+                    if event["type"] == "ADDED" and name not in arrived:
+                        arrived[name] = time.perf_counter()
+                        client.patch(f"/apis/ray.io/v1/namespaces/{NS}/rayjobs/{name}/status",
+                                     json={"status": {"jobDeploymentStatus": "Initializing"}},
+                                     headers={"Content-Type": "application/merge-patch+json"})
+                        if len(arrived) >= args.jobs:
+                            return
+
+        watcher = threading.Thread(target=kuberay, daemon=True)
+        watcher.start()
+        ready.wait(10)
+        wait_until_live(probe, operator)  # start-up (imports, login, first listing) is not measured
+
+        created: dict[str, float] = {}
+
+        def create(i: int) -> None:
+            http.post(f"/apis/kubetune.io/v1alpha1/namespaces/{NS}/finetunejobs", json=manifest(i)).raise_for_status()
+            created[f"job-{i:04d}-train"] = time.perf_counter()
+
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, range(args.jobs)))
+        t_created = time.perf_counter() - t0
+
+        deadline = time.monotonic() + args.timeout
+        provisioning = 0
+        while time.monotonic() < deadline:
+            items = http.get(f"/apis/kubetune.io/v1alpha1/namespaces/{NS}/finetunejobs").json()["items"]
+            provisioning = sum((i.get("status") or {}).get("phase") == "Provisioning" for i in items)
+            if provisioning >= args.jobs:
+                break
+            time.sleep(0.25)
+        t_all = time.perf_counter() - t0
+        rss = peak_rss_mb(operator.pid)
+
+        latencies = [arrived[n] - created[n] for n in created if n in arrived]
+        p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+        b50, b95 = percentile(base, 50), percentile(base, 95)
+        print(f"jobs: {args.jobs} (created in {t_created:.2f} s); RayJobs seen: {len(latencies)}; "
+              f"Provisioning: {provisioning}/{args.jobs}")
+        print(f"create -> RayJob: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+        print(f"all Provisioning after {t_all:.1f} s")
+        print(f"operator peak RSS: {rss:.0f} MB")
+        print(f"baseline emulator create latency: p50 {b50 * 1000:.1f} ms, p95 {b95 * 1000:.1f} ms")
+        print(f"ratio p95(create -> RayJob) / p95(one API create): {p95 / b95:.1f}x")
+        ok = len(latencies) == args.jobs and provisioning >= args.jobs
+        return 0 if ok else 1
+    finally:
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(20)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        if emu.stdin:
+            emu.stdin.close()
+        try:
+            emu.wait(20)
+        except subprocess.TimeoutExpired:
+            emu.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The loop on the emulator: the real monitor job writes drifted status, the real operator acts.
+
+Real kopf, real HTTP (the kubernetes client) against the kmock-based emulator; no CronJob
+controller runs there, so the test runs the job's code (`kubetune monitor --deployment`) itself.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from kubetune.cli import build_parser
+from tests.harness.client import wait_for
+from tests.harness.operator import OperatorRunner
+from tests.monitoring.samples import modeldeployment
+from tests.monitoring.synthetic import pairs
+
+pytestmark = pytest.mark.slow
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cronjobs_served(k8s_emulator):
+    """The shared emulator has no CronJob kind built in (tests/harness is not ours): add it."""
+    from tests.harness.emulator import Kind
+
+    emulator = k8s_emulator.emulator
+    kind = Kind("batch", "v1", "cronjobs", "CronJob", subresources=("status",), short_names=("cj",))
+    if ("batch", "v1", "cronjobs") not in emulator._kinds:
+        k8s_emulator.call(lambda: emulator.register_kind(kind))
+
+
+@pytest.fixture()
+def cluster_files(tmp_path, monkeypatch):
+    """The served artifact on a 'PVC' and a payload log with a new topic in 30% of prompts."""
+    pvc = tmp_path / "pvc"
+    artifact = pvc / "models" / "support" / "v1"
+    artifact.mkdir(parents=True)
+    (artifact / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs(300, 1)))
+    (artifact / "manifest.json").write_text(json.dumps({"reference": {"file": "reference.jsonl", "rows": 300}}))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = pairs(300, 2, shifted_share=0.3)
+    stamp = (T0 - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    (logs / "payloads.jsonl").write_text("".join(
+        json.dumps({"id": f"req-{i}", "time": stamp, **r, "safety": {"flagged": False, "score": 0.0, "categories": {}}})
+        + "\n" for i, r in enumerate(rows)))
+    monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(pvc))
+    monkeypatch.setenv("KUBETUNE_PAYLOAD_LOG_CLAIM", "payload-logs")
+    from kubetune.operator import handlers_monitoring
+
+    handlers_monitoring.reset_state()
+    yield logs
+    handlers_monitoring.reset_state()
+
+
+def run_monitor(kube_client, namespace, logs, now):
+    from kubernetes import client
+
+    from kubetune.monitoring.cluster import run_in_cluster
+
+    args = build_parser().parse_args([
+        "monitor", "--deployment", "support-bot", "--namespace", namespace, "--log-dir", str(logs),
+        "--output-uri", f"pvc://payload-logs/{namespace}/support-bot/monitoring", "--no-embeddings",
+    ])
+    return run_in_cluster(args, log=print, api=client.CustomObjectsApi(kube_client), now=now)
+
+
+def status(kube_http, namespace):
+    return kube_http.get("modeldeployments", namespace, "support-bot").get("status") or {}
+
+
+def cond(st, type_):
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), None)
+
+
+def retraining_jobs(kube_http, namespace):
+    return [j for j in kube_http.list("finetunejobs", namespace)
+            if (j["metadata"].get("labels") or {}).get("kubetune.io/retrained-from") == "support-bot"]
+
+
+def test_auto_creates_exactly_one_finetunejob_across_restarts(
+    k8s_emulator, kube_http, kube_client, namespace, cluster_files
+):
+    kube_http.create("modeldeployments", namespace, modeldeployment(namespace=namespace, mode="Auto"))
+    with OperatorRunner(k8s_emulator.kubeconfig):
+        cron = wait_for(lambda: kube_http.http.get(
+            f"/apis/batch/v1/namespaces/{namespace}/cronjobs/support-bot-monitor").status_code == 200, 20,
+            message="monitor CronJob")
+        assert cron
+        assert kube_http.get("roles", namespace, "support-bot-monitor")["rules"][0]["resourceNames"] == ["support-bot"]
+
+        assert run_monitor(kube_client, namespace, cluster_files, T0) == 0
+        st = status(kube_http, namespace)
+        assert st["monitoring"]["driftDetected"] is True and st["monitoring"]["consecutiveDriftChecks"] == 1
+        assert st["monitoring"]["samples"] == 300
+        assert cond(st, "Drifted")["status"] == "True"
+        assert cond(st, "RetrainingRequested")["status"] == "False"  # drift not yet persistent (2 checks)
+
+        assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
+        jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 20, message="retraining FineTuneJob")
+    assert len(jobs) == 1
+    job = jobs[0]
+    st = wait_for(lambda: (s := status(kube_http, namespace)).get("lastRetrainJob") and s, 5)
+    assert st["lastRetrainJob"] == job["metadata"]["name"] and len(st["retrainJobs"]) == 1
+    assert cond(st, "RetrainingRequested")["reason"] == "JobCreated"
+    traffic = job["spec"]["datasets"][-1]
+    assert traffic["format"] == "alpaca" and traffic["uri"].endswith("/window.jsonl")
+    wid = job["metadata"]["labels"]["kubetune.io/window"]
+    assert (cluster_files / "monitoring" / wid / "window.jsonl").is_file()
+    assert job["metadata"]["annotations"]["kubetune.io/retraining-trigger"] == "PersistentDrift"
+
+    # Operator down, the request re-opened as if the status patch had been lost: a new operator
+    # finds the job by its deterministic name instead of creating a second one.
+    requested = dict(cond(st, "RetrainingRequested"), status="True", reason="PersistentDrift")
+    others = [c for c in st["conditions"] if c["type"] != "RetrainingRequested"]
+    kube_http.patch_status("modeldeployments", namespace, "support-bot", {"conditions": [*others, requested]})
+    with OperatorRunner(k8s_emulator.kubeconfig):
+        wait_for(lambda: cond(status(kube_http, namespace), "RetrainingRequested")["status"] == "False", 20)
+        # A third drifted check while the job still runs: the policy holds back.
+        assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=30)) == 0
+        st = status(kube_http, namespace)
+        assert cond(st, "RetrainingRequested")["reason"] == "RetrainingInFlight"
+    assert len(retraining_jobs(kube_http, namespace)) == 1
+    assert len(status(kube_http, namespace)["retrainJobs"]) == 1
+
+
+def test_suggest_sets_a_condition_and_an_event_but_creates_nothing(
+    k8s_emulator, kube_http, kube_client, namespace, cluster_files
+):
+    kube_http.create("modeldeployments", namespace, modeldeployment(namespace=namespace, mode="Suggest"))
+    with OperatorRunner(k8s_emulator.kubeconfig):
+        run_monitor(kube_client, namespace, cluster_files, T0)
+        run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15))
+        st = status(kube_http, namespace)
+        assert cond(st, "RetrainingSuggested")["status"] == "True"
+        assert cond(st, "RetrainingSuggested")["reason"] == "PersistentDrift"
+        wait_for(lambda: [e for e in kube_http.list("events", namespace) if e.get("reason") == "RetrainingSuggested"],
+                 20, message="RetrainingSuggested event")
+    assert retraining_jobs(kube_http, namespace) == []
+    assert kube_http.list("finetunejobs", namespace) == []

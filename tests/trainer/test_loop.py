@@ -1,0 +1,116 @@
+"""The loop's planning, schedules, checkpoints and resume (in-process, world size 1)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from kubetune.api.finetunejob import Hyperparameters
+from kubetune.trainer import checkpoint as ckpt
+from kubetune.trainer import loop
+
+
+def _train(job, samples, tokenizer, checkpoint_dir, **kw):
+    return loop.train_loop(loop.LoopConfig(
+        spec=job.spec, model_dir=job.spec.base_model.uri, train=samples,
+        checkpoint_dir=str(checkpoint_dir), pad_id=tokenizer.pad_token_id, **kw,
+    ))
+
+
+def test_learning_rate_schedules():
+    hp = Hyperparameters(learning_rate=1.0, warmup_ratio=0.2, scheduler="cosine")
+    lrs = [loop.lr_at(s, 10, hp) for s in range(10)]
+    assert lrs[:2] == [0.5, 1.0]  # linear warmup over 2 steps
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # then decays
+    assert lrs[-1] < 0.05
+    linear = Hyperparameters(learning_rate=1.0, warmup_ratio=0, scheduler="linear")
+    assert [loop.lr_at(s, 4, linear) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    constant = Hyperparameters(learning_rate=0.1, warmup_ratio=0, scheduler="constant")
+    assert {loop.lr_at(s, 5, constant) for s in range(5)} == {0.1}
+
+
+def test_step_plan_from_epochs_and_max_steps():
+    hp = Hyperparameters(batch_size=2, gradient_accumulation_steps=2, epochs=1.5)
+    plan = loop.plan_steps(40, 2, hp)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.per_step) == (5, 8, 8)
+    assert loop.plan_steps(40, 2, Hyperparameters(batch_size=2, max_steps=3)).total_steps == 3
+
+
+def test_micro_batches_split_a_step_between_workers_without_overlap():
+    hp = Hyperparameters(batch_size=2, gradient_accumulation_steps=2)
+    plan = loop.plan_steps(16, 2, hp)
+    step_rows = [loop.micro_batch_indices(0, k, r, plan, hp, seed=1) for k in range(2) for r in range(2)]
+    flat = [i for rows in step_rows for i in rows]
+    assert len(set(flat)) == 8  # one step uses 8 distinct sequences
+    epoch = {i for s in range(plan.steps_per_epoch) for k in range(2) for r in range(2)
+             for i in loop.micro_batch_indices(s, k, r, plan, hp, seed=1)}
+    assert epoch == set(range(16))  # an epoch sees every sequence once
+    assert loop.micro_batch_indices(3, 1, 1, plan, hp, seed=1) == loop.micro_batch_indices(3, 1, 1, plan, hp, seed=1)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    root = tmp_path / "ck"
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(root, step, trainable={"w": torch.full((2,), float(step))}, optimizer={"state": {}},
+                             meta={"losses": [1.0] * step}, keep_last=2)
+    (root / ".tmp-step-00000008-deadbeef").mkdir()  # a save killed half-way
+    (root / "step-00000009").mkdir()  # renamed but without meta.json: not complete
+    assert [c.step for c in ckpt.list_checkpoints(root)] == [4, 6]
+    latest = ckpt.latest_checkpoint(root)
+    assert latest.step == 6 and latest.meta()["step"] == 6
+    assert torch.equal(ckpt.load_trainable(latest)["w"], torch.full((2,), 6.0))
+    ckpt.save_checkpoint(root, 8, trainable={}, optimizer={"state": {}}, meta={}, keep_last=2)
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_killed_run_resumes_from_its_checkpoint_with_identical_losses(make_job, sft_samples, tokenizer, tmp_path):
+    """A run that dies after step 3 and is restarted continues at step 4 and matches an uninterrupted run.
+
+    LoRA dropout is on, so this also checks that the RNG of resumed steps is reproduced.
+    """
+    spec = {"method": {"type": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.1}},
+            "hyperparameters": {"maxSteps": 6, "batchSize": 2, "learningRate": 0.005, "warmupRatio": 0.2},
+            "checkpointing": {"everySteps": 3, "keepLast": 1}, "preprocessing": {"packing": False}}
+    job = make_job(spec)
+    straight = _train(job, sft_samples, tokenizer, tmp_path / "straight")
+
+    killed_dir = tmp_path / "killed"
+    with pytest.raises(loop.SimulatedFailure):
+        _train(job, sft_samples, tokenizer, killed_dir, fail_after_step=4)
+    assert [c.step for c in ckpt.list_checkpoints(killed_dir)] == [3]  # step 4 was lost with the worker
+    resumed = _train(job, sft_samples, tokenizer, killed_dir)
+    assert resumed.start_step == 3
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-5)
+    final_a = ckpt.load_trainable(ckpt.latest_checkpoint(tmp_path / "straight"))
+    final_b = ckpt.load_trainable(ckpt.latest_checkpoint(killed_dir))
+    for name in final_a:
+        torch.testing.assert_close(final_a[name], final_b[name], rtol=1e-4, atol=1e-6)
+    meta = ckpt.latest_checkpoint(killed_dir).meta()
+    assert meta["step"] == 6 and meta["totalSteps"] == 6 and len(meta["losses"]) == 6
+
+
+def test_progress_reaches_the_sink_with_the_wire_keys(make_job, sft_samples, tokenizer, checkpoint_dir):
+    from kubetune.trainer.progress import PROGRESS_KEYS, RecordingSink
+
+    sink = RecordingSink()
+    job = make_job({"hyperparameters": {"maxSteps": 2}})
+    result = _train(job, sft_samples, tokenizer, checkpoint_dir, sink=sink)
+    reports = sink.progress()
+    assert [r["step"] for r in reports] == [1, 2]
+    assert all(set(r) == set(PROGRESS_KEYS) for r in reports)
+    assert reports[-1]["totalSteps"] == 2 and reports[-1]["etaSeconds"] == 0
+    assert reports[-1]["loss"] == pytest.approx(result.losses[-1])
+    assert all(r["tokensPerSecond"] > 0 for r in reports)
+    json.dumps(reports)  # wire-ready
+
+
+def test_a_checkpoint_from_another_method_is_refused(make_job, sft_samples, tokenizer, checkpoint_dir):
+    from kubetune.trainer.errors import TrainerConfigError
+
+    _train(make_job({"hyperparameters": {"maxSteps": 1}}), sft_samples, tokenizer, checkpoint_dir)
+    full = make_job({"method": {"type": "full"}, "hyperparameters": {"maxSteps": 2}})
+    with pytest.raises(TrainerConfigError, match="does not match spec.method"):
+        _train(full, sft_samples, tokenizer, checkpoint_dir)

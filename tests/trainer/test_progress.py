@@ -1,0 +1,96 @@
+"""Progress sinks: console lines, JSON lines, fan-out isolation, the in-pod status sink loader."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+
+import pytest
+
+from kubetune.trainer import progress
+
+SAMPLE = progress.make_progress(step=3, total_steps=10, epoch=0.3, loss=1.23456, learning_rate=2e-4,
+                                tokens_per_second=1234.5, eta_seconds=75)
+
+
+def test_progress_dict_has_exactly_the_status_keys():
+    from kubetune.api.finetunejob import Progress
+
+    assert set(SAMPLE) == set(progress.PROGRESS_KEYS)
+    Progress.model_validate(SAMPLE)  # the operator can put it in status as it is
+
+
+def test_console_prints_plain_lines_when_not_a_tty():
+    out = io.StringIO()
+    sink = progress.ConsoleSink(out)
+    sink.on_progress(SAMPLE)
+    sink.on_phase("Evaluating", "3 samples")
+    line = out.getvalue().splitlines()
+    assert line[0] == "[train] step 3/10 | loss 1.2346 | lr 2.00e-04 | 1234 tok/s | ETA 01:15"
+    assert line[1] == "[Evaluating] 3 samples"
+
+
+def test_console_draws_a_bar_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    progress.ConsoleSink(out).on_progress(SAMPLE)
+    assert out.getvalue().startswith("\r[#######-----------------] step 3/10")
+
+
+def test_json_lines_file_records_every_event(tmp_path):
+    sink = progress.JsonLinesSink(tmp_path / "progress.jsonl")
+    sink.on_phase("Training", "go")
+    sink.on_progress(SAMPLE)
+    sink.on_result({"artifact": {"uri": "x", "kind": "adapter"}})
+    sink.close()
+    events = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["phase", "progress", "result"]
+    assert events[1]["step"] == 3 and events[2]["artifact"]["kind"] == "adapter"
+
+
+def test_a_failing_sink_does_not_stop_the_others(caplog):
+    class Broken:
+        def on_progress(self, p):
+            raise RuntimeError("API server down")
+
+    recorder = progress.RecordingSink()
+    progress.FanOutSink([Broken(), None, recorder]).on_progress(SAMPLE)
+    assert recorder.progress() == [SAMPLE]
+    assert "Broken.on_progress failed" in caplog.text
+
+
+def test_status_sink_is_loaded_by_module_name_when_the_job_is_known(monkeypatch):
+    created = []
+
+    class FakeStatusSink:
+        def __init__(self, namespace, name):
+            created.append((namespace, name))
+
+    module = types.ModuleType(progress.STATUS_SINK_MODULE)
+    module.FineTuneJobStatusSink = FakeStatusSink
+    monkeypatch.setitem(sys.modules, progress.STATUS_SINK_MODULE, module)
+    env = {"KUBETUNE_JOB_NAME": "job-a", "KUBETUNE_JOB_NAMESPACE": "team-1"}
+    assert isinstance(progress.load_status_sink(env), FakeStatusSink)
+    assert created == [("team-1", "job-a")]
+    assert progress.load_status_sink({}) is None
+
+
+def test_missing_status_writer_is_a_warning_not_a_failure(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, progress.STATUS_SINK_MODULE, None)  # import fails
+    env = {"KUBETUNE_JOB_NAME": "job-a", "KUBETUNE_JOB_NAMESPACE": "team-1"}
+    assert progress.load_status_sink(env) is None
+    assert "not reporting progress to FineTuneJob team-1/job-a" in caplog.text
+
+
+def test_throughput_and_eta():
+    now = [0.0]
+    meter = progress.ThroughputMeter(start_step=2, total_steps=12, clock=lambda: now[0])
+    now[0] = 4.0
+    meter.add_tokens(800)
+    assert meter.tokens_per_second() == pytest.approx(200.0)
+    assert meter.eta_seconds(4) == pytest.approx(16.0)  # 2 s per step, 8 steps left
