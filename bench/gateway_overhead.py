@@ -228,7 +228,7 @@ def engine_tokens_per_second(args) -> None:
     from kubetune.serving.engine_local import GenerationJob, LocalEngine
 
     path, label = find_model(args.engine_model)
-    engine = LocalEngine(path, served_name="bench")
+    engine = LocalEngine(path, served_name="bench", threads=args.engine_threads)
     messages = [{"role": "user", "content": "Explain in a few sentences what Kubernetes does."}]
     text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--engine-model", help="model folder for the tokens/s figure (default: SmolLM2 or tiny)")
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--engine-runs", type=int, default=3)
+    parser.add_argument("--engine-threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-engine", action="store_true", help="only the gateway overhead")
     parser.add_argument("--skip-gateway", action="store_true", help="only the local engine tokens/s")
     args = parser.parse_args()

@@ -22,6 +22,7 @@ COMPONENTS: list[tuple[str, tuple[str, ...], int]] = [
     ("kubetune.serving.cli", ("serve",), 4),
     ("kubetune.monitoring.cli", ("monitor",), 7),
     ("kubetune.quickstart", ("quickstart",), 5),
+    ("kubetune.fetch", ("fetch",), 4),
 ]
 
 

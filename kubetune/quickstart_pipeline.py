@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,9 @@ EXAMPLE = REPO / "examples" / "quickstart"
 BASE_NAME = "smollm2-135m-instruct"
 ADAPTER_NAME = "catalogue"
 MAX_TOKENS = 80
+"""Enough for the longest record (about 65 tokens)."""
+SHIFTED_MAX_TOKENS = 40
+"""Off-topic answers only need to exist for the monitor; short keeps the demo fast."""
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,14 @@ class Options:
     model: Path | None = None
     steps: int | None = None
     seed: int = 7
-    score_prompts: int = 16
-    traffic: int = 40
-    shifted: int = 40
-    concurrency: int = 4
+    score_prompts: int = 8
+    traffic: int = 24
+    shifted: int = 24
+    concurrency: int = 2
     port: int = 0
     echo: bool = True
+    example_dir: Path = EXAMPLE
+    """Where finetunejob.yaml and modeldeployment.yaml are read from."""
 
 
 def local_job(example: dict, *, model_dir: Path, train: Path, eval_prompts: Path, output: Path,
@@ -103,6 +109,7 @@ class QuickstartPipeline:
         self.results: dict = {"stages": [], "files": {}}
         self._started = time.monotonic()
         self._stage_count = 0
+        self.live_since: datetime | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -171,7 +178,7 @@ class QuickstartPipeline:
     def prepare_data(self) -> str:
         data_dir = self.out / "data"
         self.files = write_dataset(data_dir, seed=self.o.seed, traffic_rows=self.o.traffic, shifted_rows=self.o.shifted)
-        example_path = EXAMPLE / "finetunejob.yaml"
+        example_path = self.o.example_dir / "finetunejob.yaml"
         if not example_path.is_file():
             raise StepFailed("dataset", f"{example_path} is missing (run the quickstart from a kubetune checkout)")
         example = yaml.safe_load(example_path.read_text())
@@ -228,7 +235,7 @@ class QuickstartPipeline:
         import openai
 
         base_url = f"http://127.0.0.1:{port}/v1"
-        client = openai.OpenAI(base_url=base_url, api_key="quickstart-local", max_retries=0, timeout=300)
+        client = openai.OpenAI(base_url=base_url, api_key="quickstart-local", max_retries=0, timeout=600)
         traffic = read_jsonl(self.files.traffic)[: self.o.traffic]
         shifted = [r["prompt"] for r in read_jsonl(self.files.shifted)[: self.o.shifted]]
         scored = traffic[: self.o.score_prompts]
@@ -236,13 +243,19 @@ class QuickstartPipeline:
             self.say(f"starting the gateway on {base_url} (log: {gateway.log_path})")
             gateway.wait_until(lambda: ADAPTER_NAME in {m.id for m in client.models.list().data},
                                timeout=600, what="the gateway")
+            self.live_since = datetime.now(timezone.utc)
             self.say(f"sending {len(scored)} held-out prompts to the base model and {len(traffic)} + "
                      f"{len(shifted)} (shifted) to the tuned adapter")
-            requests = ([(BASE_NAME, r["prompt"]) for r in scored] + [(ADAPTER_NAME, r["prompt"]) for r in traffic]
-                        + [(ADAPTER_NAME, p) for p in shifted])
-            answers = self._send_all(client, requests, gateway)
+            requests = ([(BASE_NAME, r["prompt"], MAX_TOKENS) for r in scored]
+                        + [(ADAPTER_NAME, r["prompt"], MAX_TOKENS) for r in traffic]
+                        + [(ADAPTER_NAME, p, SHIFTED_MAX_TOKENS) for p in shifted])
+            answers, errors = self._send_all(client, requests, gateway)
         answered = sum(a is not None for a in answers)
-        self.results["gateway"] = {"url": base_url, "sent": len(requests), "answered": answered}
+        self.results["gateway"] = {"url": base_url, "sent": len(requests), "answered": answered,
+                                   "errors": errors[:5]}
+        if not answered:
+            raise StepFailed("serve", f"the gateway answered none of {len(requests)} requests; first error: "
+                             f"{errors[0] if errors else 'unknown'}", log=self.logs / "serve.log")
         base_answers = answers[: len(scored)]
         tuned_answers = answers[len(scored): len(scored) + len(scored)]
         refs = [r["reference"] for r in scored]
@@ -261,27 +274,35 @@ class QuickstartPipeline:
         return (f"{answered}/{len(requests)} answered via the openai client; exact record "
                 f"{t['base']['exactMatch']:.2f} (base) -> {t['tuned']['exactMatch']:.2f} (tuned)")
 
-    def _send_all(self, client, requests: list[tuple[str, str]], gateway: Background) -> list[str | None]:
-        done = 0
+    def _send_all(self, client, requests: list[tuple[str, str, int]],
+                  gateway: Background) -> tuple[list[str | None], list[str]]:
+        """Every request through the official client; a failed request is counted, not fatal."""
+        import openai
+
+        errors: list[str] = []
 
         def one(item):
-            model, prompt = item
-            reply = client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0.0,
-            )
-            return reply.choices[0].message.content
+            model, prompt, max_tokens = item
+            try:
+                reply = client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                    temperature=0.0,
+                )
+            except openai.APIError as exc:
+                errors.append(f"{model}: {type(exc).__name__}: {exc}")
+                return None
+            return reply.choices[0].message.content or ""
 
         answers: list[str | None] = []
         with ThreadPoolExecutor(max_workers=self.o.concurrency) as pool:
             for answer in pool.map(one, requests):
                 answers.append(answer)
-                done += 1
                 if self.o.echo:
-                    print(f"\r  requests answered: {done}/{len(requests)}", end="", flush=True)
+                    print(f"\r  requests done: {len(answers)}/{len(requests)} ({len(errors)} failed)", end="", flush=True)
         if self.o.echo:
             print()
         gateway.check_alive()
-        return answers
+        return answers, errors
 
     def monitor(self) -> str:
         rows = []
@@ -293,6 +314,8 @@ class QuickstartPipeline:
         reference = self.artifact / "reference.jsonl"
         if not reference.is_file():
             raise StepFailed("monitor", f"the artifact has no drift reference {reference}")
+        self.deployment = _load_deployment(self.o.example_dir / "modeldeployment.yaml")
+        monitoring = self.deployment.spec.monitoring
         figures = {}
         for window, window_rows in (("normal", normal), ("shifted", shifted)):
             current = self.out / "monitor" / f"current-{window}.jsonl"
@@ -300,7 +323,9 @@ class QuickstartPipeline:
             report = self.out / "monitor" / f"drift-{window}.html"
             result_json = self.out / "monitor" / f"drift-{window}.json"
             self.run_step(f"monitor-{window}", "monitor", "--reference", str(reference), "--current", str(current),
-                          "--report", str(report), "--json", str(result_json))
+                          "--report", str(report), "--json", str(result_json),
+                          "--min-samples", str(monitoring.min_samples),
+                          "--drift-share", str(monitoring.thresholds.drift_share))
             result = json.loads(result_json.read_text())
             figures[window] = {**drift_figures(result), "report": str(report), "json": str(result_json)}
             self.results["files"][f"drift report ({window})"] = str(report)
@@ -312,10 +337,15 @@ class QuickstartPipeline:
                 f"(share {figures['shifted']['driftShare']:.2f})")
 
     def decide(self) -> str:
-        deployment = yaml.safe_load((EXAMPLE / "modeldeployment.yaml").read_text())
-        decision = retraining_decision(deployment, self.monitor_results["shifted"])
-        self.results["retraining"] = decision
-        return f"{decision['decision']}: {decision['reason']}"
+        now = datetime.now(timezone.utc)
+        decisions = {
+            window: retraining_decision(self.deployment, self.monitor_results[window], now=now,
+                                        live_since=self.live_since)
+            for window in ("normal", "shifted")
+        }
+        self.results["retraining"] = {**decisions["shifted"], "normalWindow": decisions["normal"]}
+        return (f"shifted window: {decisions['shifted']['decision']} ({decisions['shifted']['reason']}); "
+                f"normal window: {decisions['normal']['decision']} ({decisions['normal']['reason']})")
 
 
 def _report_line(report: dict) -> str:
@@ -332,16 +362,53 @@ def _report_line(report: dict) -> str:
     return ", ".join(parts) or "dataset report written"
 
 
+def _load_deployment(path: Path):
+    from kubetune.api import ManifestError, parse_modeldeployment
+
+    try:
+        return parse_modeldeployment(yaml.safe_load(path.read_text()))
+    except ManifestError as exc:
+        raise StepFailed("monitor", f"{path}: invalid ModelDeployment: {exc}") from None
+
+
 def drift_figures(result: dict) -> dict:
-    """The monitor's JSON reduced to what the summary shows (keys per docs/contracts.md)."""
-    drift = result.get("drift", result)
+    """The `kubetune monitor --json` summary reduced to what the quickstart shows."""
+    if "drift_detected" not in result:
+        raise StepFailed("monitor", "the monitor's JSON has no drift_detected field")
+    share = result.get("drift_share")
     return {
-        "driftDetected": bool(drift.get("detected", drift.get("driftDetected", False))),
-        "driftShare": float(drift.get("share", drift.get("driftShare", 0.0)) or 0.0),
-        "samples": result.get("samples", result.get("currentRows")),
+        "driftDetected": bool(result["drift_detected"]),
+        "driftShare": float(share) if share is not None else 0.0,
+        "samples": (result.get("samples") or {}).get("current"),
+        "status": result.get("status"),
+        "message": result.get("message", ""),
     }
 
 
-def retraining_decision(deployment: dict, monitor_result: dict) -> dict:
-    """Ask monitoring's retraining policy what to do with these figures."""
-    raise StepFailed("retraining", "the monitoring component's retraining policy is not available yet")
+def retraining_decision(deployment, monitor_result: dict, *, now: datetime, live_since: datetime | None) -> dict:
+    """Monitoring's retraining policy on one check, with the ModelDeployment's settings.
+
+    A single local check is one check in a row; the model went live when the gateway started.
+    """
+    from kubetune.monitoring.policy import PolicyInput, decide
+
+    retraining = deployment.spec.retraining
+    thresholds = deployment.spec.monitoring.thresholds
+    safety = monitor_result.get("safety") or {}
+    decision = decide(PolicyInput(
+        mode=retraining.mode,
+        now=now,
+        samples=int((monitor_result.get("samples") or {}).get("current") or 0),
+        min_samples=retraining.min_samples,
+        consecutive_drift_checks=1 if monitor_result.get("drift_detected") else 0,
+        persistent_checks=retraining.persistent_checks,
+        safety_flag_ratio=safety.get("flagRatio"),
+        safety_threshold=thresholds.safety_flag_ratio,
+        last_deploy_time=live_since,
+        cooldown_seconds=retraining.cooldown_seconds,
+        in_flight=0,
+        recent_jobs=(),
+        max_per_week=retraining.max_per_week,
+    ))
+    return {"decision": decision.action, "reason": decision.reason, "message": decision.message,
+            "trigger": decision.trigger}

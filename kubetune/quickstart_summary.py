@@ -76,8 +76,10 @@ def checks(results: dict) -> list[Check]:
                      f"normal window: {_drift_text(results, 'normal')}; shifted window: {_drift_text(results, 'shifted')}"))
 
     decision = _get(results, "retraining", "decision")
-    out.append(Check("retraining decision made", decision is not None,
-                     f"{decision}: {_get(results, 'retraining', 'reason') or ''}".strip(": ") if decision else "no decision"))
+    detail = "no decision"
+    if decision:
+        detail = f"{decision} ({_get(results, 'retraining', 'reason')}): {_get(results, 'retraining', 'message') or ''}"
+    out.append(Check("retraining decision made", decision is not None, detail.rstrip(": ")))
     return out
 
 

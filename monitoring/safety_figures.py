@@ -48,9 +48,12 @@ def flagged(records: Sequence[Record], scorer: SafetyScorer | None = None) -> tu
     if records and all(r.flagged is not None for r in records):
         return [bool(r.flagged) for r in records], "log"
     scorer = scorer or make_scorer("offline")
-    return [
-        r.flagged if r.flagged is not None else scorer.score(r.prompt, r.response).flagged for r in records
-    ], "rescored"
+    todo = [r for r in records if r.flagged is None]
+    if hasattr(scorer, "score_many"):  # one batch through the model
+        scores = iter(scorer.score_many([(r.prompt, r.response) for r in todo]))
+    else:
+        scores = (scorer.score(r.prompt, r.response) for r in todo)
+    return [r.flagged if r.flagged is not None else next(scores).flagged for r in records], "rescored"
 
 
 def safety_figures(records: Sequence[Record], scorer: SafetyScorer | None = None) -> SafetyFigures:

@@ -1,7 +1,7 @@
 """kopf wiring for FineTuneJob: parse, render, apply, set status. No logic of its own.
 
-Level-based: every entry point (create, update, resume, a child's event, the per-job resync
-daemon) reads the job and its children and converges; applying is create-or-patch by
+Level-based: every entry point (create, update, resume, a child's event, the periodic
+resync) reads the job and its children and converges; applying is create-or-patch by
 deterministic names, so repeats and operator restarts never duplicate anything. Status is
 written only when it changes (status_training decides what it should say).
 """
@@ -139,9 +139,9 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     owner = dict(body)
     children = [render_workload(owner, job, memo.settings), render_config_map(owner, job), *render_rbac(owner)]
     try:
-        # Independent objects, applied concurrently (the workload first in the API thread
-        # pool's queue): pods wait for their ConfigMap and ServiceAccount like on any cluster.
-        results = await asyncio.gather(*(api.apply(child) for child in children))
+        # Independent objects, applied concurrently; the workload jumps the API queue (what
+        # users wait for). Its pods wait for the ConfigMap and ServiceAccount as on any cluster.
+        results = await asyncio.gather(*(api.apply(child, priority=0 if i == 0 else 1) for i, child in enumerate(children)))
     except Invalid as exc:
         await _write_status(api, body, rejected_status(body, "ChildRejected", f"the API server rejected a child: {exc.message}",
                                                      now=now, failed=True))
@@ -220,17 +220,54 @@ async def finetunejob_deleted(namespace: str, name: str, **_: Any) -> None:
     metrics.record_finetunejob_phase(namespace, name, None)
 
 
-@kopf.daemon(*FTJ, cancellation_timeout=1.0)
-async def finetunejob_resync(stopped: kopf.DaemonStopped, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
-    """Level-based safety net: re-read the children every KUBETUNE_RESYNC_SECONDS."""
-    while not stopped:
-        await stopped.wait(memo.settings.resync_seconds)
-        if stopped:
-            break
+async def resync_all(memo: Any) -> int:
+    """One level-based pass: re-read every unfinished job's children. Returns how many."""
+    api = _api(memo)
+    namespaces = memo.settings.namespaces or (None,)
+    bodies = [b for ns in namespaces for b in await api.list(FTJ_RES, ns)]
+    todo = [b for b in bodies if (b.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    limit = asyncio.Semaphore(8)
+
+    async def one(body: Mapping[str, Any]) -> None:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        async with limit:
+            try:
+                await _guarded(memo, namespace, name, lambda: sync_status(api, memo, namespace, name))
+            except Exception as exc:  # one job's trouble must not stop the others
+                log.warning("resync of %s/%s failed, will retry: %s", namespace, name, exc)
+
+    await asyncio.gather(*(one(b) for b in todo))
+    return len(todo)
+
+
+async def _resync_loop(memo: Any) -> None:
+    while True:
+        await asyncio.sleep(memo.settings.resync_seconds)
         try:
-            await _guarded(memo, namespace, name, lambda: sync_status(_api(memo), memo, namespace, name))
-        except (KubeError, kopf.TemporaryError) as exc:
-            log.warning("resync of %s/%s failed, will retry: %s", namespace, name, exc)
+            await resync_all(memo)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            metrics.record_reconcile_error("FineTuneJob")
+            log.warning("resync pass failed, will retry: %s", exc)
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Level-based safety net: every KUBETUNE_RESYNC_SECONDS, re-read unfinished jobs.
+
+    One operator-wide task rather than a kopf daemon per job: no finalizer on the jobs
+    (deletion never waits for the operator) and no task per object.
+    """
+    memo.resync_task = asyncio.get_running_loop().create_task(_resync_loop(memo))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _owner_of(labels: Mapping[str, str] | None) -> str | None:

@@ -2,7 +2,8 @@
 
 The decisions are pure (status_serving, render_serving); this module only gathers inputs
 (FineTuneJobs from an index, the Deployment and pods from the API, each engine's
-/v1/models) and writes outputs (children, adapter loads, one status patch through kopf).
+/v1/models) and writes outputs (children, adapter loads, annotations, one status patch that
+carries the resourceVersion it was computed from).
 
 Reconciliation is level-based: the same `reconcile()` runs on create/update/resume and from a
 1 s timer that acts when something changed (a pod or the Deployment emitted an event, a
@@ -16,9 +17,11 @@ A FineTuneJob whose phase or result changes nudges the ModelDeployments that use
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +35,7 @@ from . import events
 from . import render_serving as rs
 from . import status_serving as ss
 from .conditions import condition, now_rfc3339, set_conditions, status_patch
-from .k8s import KubeApi, KubeError, NotFound, Resource
+from .k8s import Conflict, KubeApi, KubeError, NotFound, Resource
 from .metrics import RECONCILE_ERRORS
 from .settings import Settings
 from .vllm_admin import FAILED, LOADED, LOADING, EngineUnreachable, VllmAdmin, VllmAdminError, sync_adapters
@@ -47,6 +50,7 @@ NUDGE_ANNOTATION = "kubetune.io/source-revision"
 
 RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("v1", "configmaps"),
+    "Secret": Resource("v1", "secrets"),
     "Service": Resource("v1", "services"),
     "Pod": Resource("v1", "pods"),
     "Deployment": Resource("apps/v1", "deployments"),
@@ -141,6 +145,7 @@ def reset_state() -> None:
     _phases.clear()
     _nudged.clear()
     _dirty.clear()
+    _locks.clear()
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -229,20 +234,25 @@ async def nudge_deployments(
 @kopf.on.update(*MD)
 @kopf.on.resume(*MD)
 async def reconcile_modeldeployment(
-    body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
+    namespace: str, name: str, body: kopf.Body, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
 ) -> None:
     memo["serving_seen_nudge"] = (body["metadata"].get("annotations") or {}).get(NUDGE_ANNOTATION)
-    await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
+    await _reconcile_counted(namespace, name, memo, finetunejobs_by_namespace)
     memo["serving_last_sync"] = time.monotonic()
 
 
-async def _reconcile_counted(body: kopf.Body, patch: kopf.Patch, memo: Any, index: kopf.Index) -> None:
-    try:
-        jobs = _jobs_in(index, body["metadata"]["namespace"])
-        await reconcile(body, patch, kube(memo), jobs, serving_settings(memo))
-    except Exception:
-        RECONCILE_ERRORS.labels(kind="ModelDeployment").inc()
-        raise
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
+async def _reconcile_counted(namespace: str, name: str, memo: Any, index: kopf.Index) -> None:
+    """One reconcile at a time per object: kopf runs timers beside change handlers."""
+    lock = _locks.setdefault((namespace, name), asyncio.Lock())
+    async with lock:
+        try:
+            await reconcile(kube(memo), namespace, name, _jobs_in(index, namespace), serving_settings(memo))
+        except Exception:
+            RECONCILE_ERRORS.labels(kind="ModelDeployment").inc()
+            raise
 
 
 _dirty: set[tuple[str, str]] = set()
@@ -258,7 +268,7 @@ def serving_child_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None
 
 @kopf.timer(*MD, interval=1.0, initial_delay=1.0)
 async def resync_modeldeployment(
-    body: kopf.Body, patch: kopf.Patch, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
+    namespace: str, name: str, body: kopf.Body, memo: Any, finetunejobs_by_namespace: kopf.Index, **_: Any
 ) -> None:
     """Level-based catch-up: at once after a child changed, else at the configured cadence.
 
@@ -276,33 +286,65 @@ async def resync_modeldeployment(
     _dirty.discard(key)
     memo["serving_seen_nudge"] = annotations.get(NUDGE_ANNOTATION)
     memo["serving_last_sync"] = time.monotonic()
-    await _reconcile_counted(body, patch, memo, finetunejobs_by_namespace)
+    await _reconcile_counted(namespace, name, memo, finetunejobs_by_namespace)
 
 
 @kopf.on.delete(*MD, optional=True)
 def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
     _record_phase(namespace, name, None)
+    _locks.pop((namespace, name), None)
 
 
-def _write_status(
-    patch: kopf.Patch, current: Mapping[str, Any], desired: Mapping[str, Any], body: Mapping[str, Any] | None = None
+async def _write_status(
+    api: KubeApi, body: Mapping[str, Any], desired: Mapping[str, Any], *, generation: Any, stamp: str
 ) -> None:
-    """Patch only what changed; a phase change also becomes an Event (Warning when it is bad news)."""
-    changes = status_patch(current, desired)
-    for key, value in (changes or {}).items():
-        patch.status[key] = value
-    new_phase = desired.get("phase")
-    if body is not None and new_phase and new_phase != current.get("phase"):
-        ready = next((c for c in desired.get("conditions") or [] if c["type"] == "Ready"), {})
-        events.emit(body, ready.get("reason") or new_phase, f"{new_phase}: {ready.get('message', '')}".rstrip(": "),
-                    warning=new_phase in ("Failed", "Degraded"))
+    """Write our status fields; `desired["conditions"]` are merged by type into the live list.
+
+    The monitoring handlers write other conditions (Drifted, ...) into the same list, and a
+    merge patch replaces lists whole: so the write re-reads the object and carries its
+    resourceVersion, and a concurrent write makes it retry on fresh data instead of undoing it.
+    A phase change also becomes an Event (a Warning when it is bad news).
+    """
+    res = RESOURCES["ModelDeployment"]
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    for attempt in range(5):
+        fresh = await api.get(res, namespace, name)
+        if fresh is None:
+            return  # deleted meanwhile
+        current = fresh.get("status") or {}
+        wanted = dict(desired)
+        wanted["conditions"] = set_conditions(current.get("conditions"), desired["conditions"], generation=generation, now=stamp)
+        changes = status_patch(current, wanted)
+        if not changes:
+            return
+        try:
+            await api.patch(res, namespace, name,
+                            {"metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]}, "status": changes},
+                            subresource="status")
+        except Conflict:
+            if attempt == 4:
+                raise
+            continue
+        new_phase = wanted.get("phase")
+        if new_phase and new_phase != current.get("phase"):
+            ready = next((c for c in desired["conditions"] if c["type"] == "Ready"), {})
+            events.emit(body, ready.get("reason") or new_phase, f"{new_phase}: {ready.get('message', '')}".rstrip(": "),
+                        warning=new_phase in ("Failed", "Degraded"))
+        return
 
 
 async def reconcile(
-    body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, jobs: Mapping[str, Any], settings: rs.ServingSettings
+    api: KubeApi, namespace: str, name: str, jobs: Mapping[str, Any], settings: rs.ServingSettings
 ) -> None:
+    """Bring one ModelDeployment's children, engines and status in line with its spec.
+
+    Reads the object fresh (the caller holds its lock), so decisions never rest on a
+    snapshot older than this operator's own last write.
+    """
+    body = await api.get(RESOURCES["ModelDeployment"], namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
     meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
     status = dict(body.get("status") or {})
     generation = meta.get("generation")
     stamp = now_rfc3339()
@@ -312,7 +354,7 @@ async def reconcile(
             {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(meta), "spec": dict(body["spec"])}
         )
     except ManifestError as exc:
-        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp, body)
+        await _blocked(api, body, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
         _record_phase(namespace, name, "Failed")
         return
 
@@ -322,9 +364,9 @@ async def reconcile(
         deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
         if deployment is not None and status.get("modelUri"):
             # The previous model keeps serving until the new one may replace it.
-            phase = _still_serving(patch, status, choice.blocked, deployment, generation, stamp, body)
+            phase = await _still_serving(api, body, choice.blocked, deployment, generation, stamp)
         else:
-            _blocked(patch, status, choice.blocked, generation, stamp, body)
+            await _blocked(api, body, choice.blocked, generation, stamp)
             phase = choice.blocked.phase
         _record_phase(namespace, name, phase)
         return
@@ -356,15 +398,16 @@ async def reconcile(
     try:
         children = rs.render_all(inp)
     except (EngineArgsError, ValueError) as exc:
-        _blocked(patch, status, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp, body)
+        await _blocked(api, body, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
         _record_phase(namespace, name, "Failed")
         return
 
+    engine_key = await _engine_key(api, md)
     skipped = await _apply_children(api, children, namespace, name)
     deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
     health = ss.deployment_health(deployment)
 
-    pod_states = await _sync_pods(api, namespace, name, plan.serve, settings, keep=choice.model)
+    pod_states = await _sync_pods(api, namespace, name, plan.serve, settings, keep=choice.model, api_key=engine_key)
     failures = [
         f"{served} on {pod}: {msg}"
         for pod, states in sorted(pod_states.items())
@@ -385,7 +428,7 @@ async def reconcile(
     model_uri = choice.model.adapter.path if choice.model.adapter is not None else choice.model.uri
     desired_status: dict[str, Any] = {
         "phase": phase,
-        "conditions": set_conditions(status.get("conditions"), conditions, generation=generation, now=stamp),
+        "conditions": conditions,
         "observedGeneration": generation,
         "readyReplicas": health.ready if health else 0,
         "endpoint": rs.endpoint(name, namespace),
@@ -396,19 +439,24 @@ async def reconcile(
     }
     if status.get("modelUri") != model_uri or not status.get("lastDeployTime"):
         desired_status["lastDeployTime"] = stamp
-    _write_status(patch, status, desired_status, body)
-    _record_phase(namespace, name, phase)
-
+    # Annotations before status: if the status write then fails, the canary is still shown
+    # as running (the user can act again) rather than silently starting over.
+    annotation_patch: dict[str, str | None] = {}
     if plan.annotation_done:
-        patch.metadata.annotations[ss.CANARY_ANNOTATION] = None
+        annotation_patch[ss.CANARY_ANNOTATION] = None
     refused = json.dumps(plan.rolled_back, sort_keys=True) if plan.rolled_back else None
     if refused != annotations.get(ss.ROLLED_BACK_ANNOTATION):
-        patch.metadata.annotations[ss.ROLLED_BACK_ANNOTATION] = refused
+        annotation_patch[ss.ROLLED_BACK_ANNOTATION] = refused
     old_revisions = _json_annotation(annotations, ss.REVISIONS_ANNOTATION)
     revisions = ss.update_revisions(old_revisions, stable, plan.stable)
     if revisions != old_revisions:
-        patch.metadata.annotations[ss.REVISIONS_ANNOTATION] = json.dumps(revisions, sort_keys=True) if revisions else None
-    if plan.stable != stable or plan.canary != canary_status or plan.annotation_done:
+        annotation_patch[ss.REVISIONS_ANNOTATION] = json.dumps(revisions, sort_keys=True) if revisions else None
+    if annotation_patch:
+        await api.patch(RESOURCES["ModelDeployment"], namespace, name, {"metadata": {"annotations": annotation_patch}})
+
+    await _write_status(api, body, desired_status, generation=generation, stamp=stamp)
+    _record_phase(namespace, name, phase)
+    if changed:
         for note in plan.notes:  # only real transitions become Events, not every resync
             events.emit(body, "AdapterRollout", note)
 
@@ -421,40 +469,27 @@ def _json_annotation(annotations: Mapping[str, str], key: str) -> dict[str, Any]
     return value if isinstance(value, dict) else {}
 
 
-def _still_serving(
-    patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, deployment: Mapping[str, Any],
-    generation: Any, stamp: str, body: Mapping[str, Any],
+async def _still_serving(
+    api: KubeApi, body: Mapping[str, Any], blocked: ss.Blocked, deployment: Mapping[str, Any],
+    generation: Any, stamp: str,
 ) -> str:
+    status = body.get("status") or {}
     health = ss.deployment_health(deployment)
     phase, conditions = ss.serving_conditions(health)
     conditions = [c for c in conditions if c["type"] != "Progressing"] + [
         condition("Progressing", False, blocked.reason, f"still serving {status['modelUri']}; {blocked.message}")
     ]
-    _write_status(patch, status, {
-        "phase": phase,
-        "conditions": set_conditions(status.get("conditions"), conditions, generation=generation, now=stamp),
-        "observedGeneration": generation,
+    desired = {
+        "phase": phase, "conditions": conditions, "observedGeneration": generation,
         "readyReplicas": health.ready if health else 0,
-    }, body)
+    }
+    await _write_status(api, body, desired, generation=generation, stamp=stamp)
     return phase
 
 
-def _blocked(
-    patch: kopf.Patch, status: Mapping[str, Any], blocked: ss.Blocked, generation: Any, stamp: str,
-    body: Mapping[str, Any],
-) -> None:
-    _write_status(
-        patch,
-        status,
-        {
-            "phase": blocked.phase,
-            "conditions": set_conditions(
-                status.get("conditions"), ss.blocked_conditions(blocked), generation=generation, now=stamp
-            ),
-            "observedGeneration": generation,
-        },
-        body,
-    )
+async def _blocked(api: KubeApi, body: Mapping[str, Any], blocked: ss.Blocked, generation: Any, stamp: str) -> None:
+    desired = {"phase": blocked.phase, "conditions": ss.blocked_conditions(blocked), "observedGeneration": generation}
+    await _write_status(api, body, desired, generation=generation, stamp=stamp)
 
 
 # ----------------------------------------------------------------------------- children
@@ -489,6 +524,25 @@ async def _apply_children(api: KubeApi, children: list[dict[str, Any]], namespac
         if existing and _owned_by_us(existing, name):
             await api.delete(res, namespace, child_name)
     return skipped
+
+
+async def _engine_key(api: KubeApi, md: Any) -> str:
+    """The engine's API key: generated once into a Secret owned by the ModelDeployment."""
+    res = RESOURCES["Secret"]
+    namespace, name = md.metadata["namespace"], rs.names(md.metadata["name"])["engine_key"]
+    existing = await api.get(res, namespace, name)
+    if existing is None:
+        try:
+            existing = await api.call(
+                "POST", res.path(namespace), body=rs.render_engine_key(md, secrets.token_urlsafe(32)))
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            existing = await api.get(res, namespace, name)  # created concurrently: use theirs
+    try:
+        return base64.b64decode((existing or {}).get("data", {}).get(rs.ENGINE_KEY, "")).decode()
+    except ValueError as exc:
+        raise kopf.TemporaryError(f"Secret {namespace}/{name} has no valid {rs.ENGINE_KEY!r}: {exc}", delay=30) from exc
 
 
 def _owned_by_us(obj: Mapping[str, Any], md_name: str) -> bool:
@@ -535,6 +589,7 @@ async def _sync_pods(
     settings: rs.ServingSettings,
     *,
     keep: rs.ResolvedModel,
+    api_key: str,
 ) -> dict[str, dict[str, tuple[str, str]]]:
     """Per pod: make its engine serve `serve` (name -> URI); pod name -> served name -> state."""
     selector = ",".join(f"{k}={v}" for k, v in rs.selector_labels(name).items())
@@ -547,7 +602,7 @@ async def _sync_pods(
         pod_name = pod["metadata"]["name"]
         if not _pod_ready(pod):
             return pod_name, {served: (LOADING, "waiting for the pod to be ready") for served in desired}
-        async with VllmAdmin(f"http://{pod['status']['podIP']}:{port}", timeout=120) as admin:
+        async with VllmAdmin(f"http://{pod['status']['podIP']}:{port}", timeout=120, api_key=api_key) as admin:
             try:
                 return pod_name, await sync_adapters(admin, desired, keep=kept)
             except EngineUnreachable as exc:

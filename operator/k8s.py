@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import os
@@ -179,6 +180,10 @@ class KubeApi:
         self._threads = threads
         self._api_client = self._size_pool(api_client) if api_client is not None else None
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-api")
+        self._queue: asyncio.PriorityQueue | None = None
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[asyncio.Task] = []
+        self._seq = itertools.count()
         self._timeout = timeout
         self._discovery: dict[str, set[str] | None] = {}
 
@@ -195,7 +200,16 @@ class KubeApi:
             pool.connection_pool_kw["maxsize"] = max(pool.connection_pool_kw.get("maxsize") or 1, self._threads)
         return api_client
 
+    async def stop_workers(self) -> None:
+        """Stop the queue workers of the running loop (call before the loop ends)."""
+        workers, self._workers, self._queue = self._workers, [], None
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
     def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._api_client is not None:
             self._api_client.close()
@@ -229,9 +243,39 @@ class KubeApi:
         return payload
 
     async def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                   content_type: str = "application/json") -> Any:
+                   content_type: str = "application/json", *, priority: int = 1) -> Any:
+        """One API call in the thread pool; lower `priority` values are sent first.
+
+        Under load (hundreds of jobs created at once) the queue decides what the user waits
+        for: workloads go first, bookkeeping objects and status after.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self._call_sync(method, path, body, query, content_type))
+        if self._queue is None or self._queue_loop is not loop:
+            self._start_workers(loop)
+        future: asyncio.Future = loop.create_future()
+        self._queue.put_nowait((priority, next(self._seq), (method, path, body, query, content_type), future))
+        return await future
+
+    def _start_workers(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue = asyncio.PriorityQueue()
+        self._queue_loop = loop
+        self._workers = [loop.create_task(self._worker()) for _ in range(self._threads)]
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._queue is not None
+        while True:
+            _, _, args, future = await self._queue.get()
+            if future.cancelled():
+                continue
+            try:
+                result = await loop.run_in_executor(self._executor, lambda: self._call_sync(*args))
+            except Exception as exc:
+                if not future.cancelled():
+                    future.set_exception(exc)
+            else:
+                if not future.cancelled():
+                    future.set_result(result)
 
     # ------------------------------------------------------------------ verbs
 
@@ -250,14 +294,15 @@ class KubeApi:
             return []  # the kind is not installed: nothing of it exists
         return list(payload.get("items") or [])
 
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, obj: dict[str, Any], *, priority: int = 1) -> dict[str, Any]:
         res = resource_for(obj["kind"], obj.get("apiVersion"))
         namespace = obj.get("metadata", {}).get("namespace")
-        return await self.call("POST", res.path(namespace), body=obj)
+        return await self.call("POST", res.path(namespace), body=obj, priority=priority)
 
     async def patch(self, res: Resource, namespace: str | None, name: str, patch: Any, *,
-                    subresource: str | None = None, content_type: str = MERGE_PATCH) -> dict[str, Any]:
-        return await self.call("PATCH", res.path(namespace, name, subresource), body=patch, content_type=content_type)
+                    subresource: str | None = None, content_type: str = MERGE_PATCH, priority: int = 1) -> dict[str, Any]:
+        return await self.call("PATCH", res.path(namespace, name, subresource), body=patch, content_type=content_type,
+                               priority=priority)
 
     async def patch_status(self, res: Resource, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the status subresource."""
@@ -271,21 +316,21 @@ class KubeApi:
         except NotFound:
             return False
 
-    async def apply(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def apply(self, obj: dict[str, Any], *, priority: int = 1) -> tuple[dict[str, Any], bool]:
         """Create the object, or merge-patch it to the desired state if it exists: (object, created).
 
         Names are deterministic, so repeating an apply (a retried handler, a restarted
         operator) never creates a duplicate. Only the fields we render are patched.
         """
         try:
-            return await self.create(obj), True
+            return await self.create(obj, priority=priority), True
         except AlreadyExists:
             pass
         res = resource_for(obj["kind"], obj.get("apiVersion"))
         meta = obj["metadata"]
         patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
         patch["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
-        return await self.patch(res, meta.get("namespace"), meta["name"], patch), False
+        return await self.patch(res, meta.get("namespace"), meta["name"], patch, priority=priority), False
 
     async def served_resources(self, api_version: str) -> set[str] | None:
         """Plurals served under a group/version (cached), or None when it is not served."""

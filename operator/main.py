@@ -62,6 +62,11 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure_kopf(settings)
 
 
+@kopf.on.cleanup()
+async def _stop_api(memo: kopf.Memo, **_: Any) -> None:
+    await memo.api.stop_workers()
+
+
 @kopf.on.login()
 def _login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
     """Log kopf in with the same credentials as our KubeApi (in-cluster or KUBECONFIG)."""

@@ -14,6 +14,7 @@ this module never looks at FineTuneJobs or gates.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -35,6 +36,8 @@ FETCH_ROOT = "/mnt/fetched"
 GATEWAY_CONFIG_DIR = "/etc/kubetune/gateway"
 GATEWAY_CONFIG_FILE = "canary.json"
 KEYS_DIR = "/etc/kubetune/keys"
+ENGINE_KEY_DIR = "/etc/kubetune/engine-key"
+ENGINE_KEY = "key"
 PAYLOAD_LOG_DIR = "/var/log/kubetune"
 MODEL_LABEL = "kubetune.io/modeldeployment"
 MODEL_DIGEST_ANNOTATION = "kubetune.io/model-digest"
@@ -185,6 +188,7 @@ def names(md_name: str) -> dict[str, str]:
         "pdb": base,
         "monitor": base,
         "gateway_config": child_name(md_name, "gateway"),
+        "engine_key": child_name(md_name, "engine-key"),
     }
 
 
@@ -251,7 +255,8 @@ class _Storage:
             self.claims.add(parsed.claim or "")
             return local_path(uri, pvc_root=PVC_ROOT)
         if parsed.scheme == "s3":
-            dest = f"{FETCH_ROOT}/{_safe_dir(parsed.location)}"
+            # Readable and unique: `a/b-c` and `a-b/c` must not share a folder.
+            dest = f"{FETCH_ROOT}/{_safe_dir(parsed.location)[:50]}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
             self.fetches[uri] = dest
             return dest
         if parsed.scheme == "hub":
@@ -290,11 +295,10 @@ def _safe_dir(text: str) -> str:
 
 # ----------------------------------------------------------------------------- containers
 
-_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-}
+
+def _container_security(**extra: Any) -> dict[str, Any]:
+    """A fresh dict per container (shared nested dicts would alias in YAML and on mutation)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True, **extra}
 
 
 def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
@@ -313,6 +317,7 @@ def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
         "--max-request-bytes", str(gw.max_request_bytes),
         "--max-tokens", str(gw.max_tokens),
         "--canary-config", f"{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_FILE}",
+        "--upstream-api-key-file", f"{ENGINE_KEY_DIR}/{ENGINE_KEY}",
     ]  # fmt: skip
     if gw.safety.endpoint:
         args += ["--safety-endpoint", gw.safety.endpoint]
@@ -365,6 +370,10 @@ def _vllm_container(inp: RenderInput, storage: _Storage) -> dict[str, Any]:
         "args": args,
         "env": [
             {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+            # vLLM's /v1 routes (inference and the runtime LoRA API) need this key, so only the
+            # gateway and the operator reach them; /health and /metrics stay open for probes.
+            {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {
+                "name": names(md.metadata["name"])["engine_key"], "key": ENGINE_KEY}}},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
             {"name": "KUBETUNE_PVC_ROOT", "value": PVC_ROOT},
@@ -375,7 +384,7 @@ def _vllm_container(inp: RenderInput, storage: _Storage) -> dict[str, Any]:
         "readinessProbe": _probe("/health", "vllm", 5, 3),
         "livenessProbe": _probe("/health", "vllm", 15, 4, timeout=10),
         "resources": _resources(md),
-        "securityContext": dict(_CONTAINER_SECURITY),
+        "securityContext": _container_security(),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -388,6 +397,7 @@ def _gateway_container(md: ModelDeployment, settings: ServingSettings) -> dict[s
         {"name": "gateway-config", "mountPath": GATEWAY_CONFIG_DIR, "readOnly": True},
         {"name": "payload-logs", "mountPath": PAYLOAD_LOG_DIR},
         {"name": "gateway-tmp", "mountPath": "/tmp"},
+        {"name": "engine-key", "mountPath": ENGINE_KEY_DIR, "readOnly": True},
     ]
     if settings.payload_log_claim:
         mounts[1]["subPath"] = f"{md.metadata.get('namespace', 'default')}/{md.metadata['name']}"
@@ -406,7 +416,7 @@ def _gateway_container(md: ModelDeployment, settings: ServingSettings) -> dict[s
         "readinessProbe": _probe("/healthz", "http", 5, 3),
         "livenessProbe": _probe("/healthz", "http", 15, 4),
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
+        "securityContext": _container_security(readOnlyRootFilesystem=True),
         "volumeMounts": mounts,
     }
 
@@ -420,7 +430,7 @@ def _fetch_containers(storage: _Storage, settings: ServingSettings) -> list[dict
             "image": settings.kubetune_image,
             "command": ["kubetune"],
             "args": ["fetch", "--to", dest, uri],
-            "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
+            "securityContext": _container_security(readOnlyRootFilesystem=True),
             "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
             "volumeMounts": [{"name": "fetched", "mountPath": FETCH_ROOT}],
         }
@@ -447,6 +457,8 @@ def render_deployment(inp: RenderInput) -> dict[str, Any]:
         {"name": "tmp", "emptyDir": {}},
         {"name": "gateway-tmp", "emptyDir": {}},
         {"name": "gateway-config", "configMap": {"name": names(name)["gateway_config"]}},
+        {"name": "engine-key", "secret": {
+            "secretName": names(name)["engine_key"], "items": [{"key": ENGINE_KEY, "path": ENGINE_KEY}]}},
         (
             {"name": "payload-logs", "persistentVolumeClaim": {"claimName": settings.payload_log_claim}}
             if settings.payload_log_claim
@@ -617,6 +629,17 @@ def render_monitor(inp: RenderInput) -> dict[str, Any]:
         "kind": settings.monitor_kind,
         "metadata": _meta(md, names(name)["monitor"], "monitoring"),
         "spec": spec,
+    }
+
+
+def render_engine_key(md: ModelDeployment, token: str) -> dict[str, Any]:
+    """The Secret with the engine's API key (the handler generates the token once)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(md, names(md.metadata["name"])["engine_key"], "serving"),
+        "type": "Opaque",
+        "data": {ENGINE_KEY: base64.b64encode(token.encode()).decode()},
     }
 
 

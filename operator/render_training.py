@@ -27,6 +27,7 @@ from .render_common import (
 )
 from .settings import Settings
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 50x faster, same output
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "finetunejob.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -77,7 +78,7 @@ def render_config_map(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, An
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(body, config_map_name(body["metadata"]["name"]), training_labels(body, "config")),
-        "data": {CONFIG_FILE: yaml.safe_dump(manifest, sort_keys=False)},
+        "data": {CONFIG_FILE: yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)},
     }
 
 

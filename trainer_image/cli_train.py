@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _offline_defaults(local: bool) -> None:
+    """Never reach a hub at run time; locally also keep Ray quiet and self-contained."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .errors import TrainerConfigError
     from .progress import default_sinks
@@ -69,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
     _configure_logging()
     path = args.file or args.config
     local = bool(args.local)
+    _offline_defaults(local)
     try:
         job = load_job(path)
     except ValueError as exc:

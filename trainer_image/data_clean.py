@@ -141,6 +141,8 @@ def redact_pii(examples: list[Example]) -> tuple[list[Example], dict[str, int], 
         before = sum(counts.values())
 
         def scrub(text: str) -> str:
+            if not text:
+                return text
             result = redact(text)
             counts.update(result.counts)
             return result.text

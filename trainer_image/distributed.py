@@ -103,6 +103,13 @@ def ray_rank() -> int:
     return ray.train.get_context().get_world_rank()
 
 
+def cpu_quantity(value: str | int) -> int:
+    """Whole CPUs of a Kubernetes quantity (`4`, `500m`, `2.5`), at least 1."""
+    text = str(value)
+    cpus = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return max(1, int(cpus))
+
+
 def unique_run_name(job_name: str) -> str:
     return f"{job_name}-{uuid.uuid4().hex[:8]}"
 
@@ -136,6 +143,7 @@ def run_on_ray(
     storage: Path,
     run_name: str,
     sink=None,
+    cpus_per_worker: int = 1,
 ) -> LoopResult:
     """Train with `TorchTrainer` on the Ray cluster this process is connected to."""
     import ray
@@ -149,7 +157,7 @@ def run_on_ray(
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": worker_cfg},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run_name,

@@ -159,20 +159,27 @@ def validation_loss(model, batches: Iterable[Any], pad_token_id: int = 0) -> tup
 # ----------------------------------------------------------------------------- generation
 
 
-def chat_prompt(tokenizer, prompt: str, system: str | None = None) -> str:
-    """The prompt rendered with the tokenizer's chat template, ending where the answer starts."""
+def chat_prompt(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
+    """The prompt rendered with the tokenizer's chat template, ending where the answer starts.
+
+    `prompt` is a user message, or a whole conversation (a list of `{"role", "content"}`) whose
+    next assistant turn is wanted.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             "the tokenizer has no chat template: set spec.preprocessing.chatTemplate or use an instruct model"
         )
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if isinstance(prompt, str):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def generate_answers(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8
+    model, tokenizer, prompts: list[str] | list[list[dict]], max_new_tokens: int, batch_size: int = 8
 ) -> list[str]:
-    """Greedy answers to user prompts through the chat template, batched with left padding."""
+    """Greedy answers to user prompts (or conversations) through the chat template, left-padded batches."""
     import torch
 
     if not prompts:
@@ -205,16 +212,19 @@ def generate_answers(
 # ----------------------------------------------------------------------------- the job's evaluation
 
 
-def _prompt_pairs(eval_prompts: Iterable[Any]) -> list[tuple[str, str | None]]:
+def _prompt_pairs(eval_prompts: Iterable[Any]) -> list[tuple[str, str | None, list[dict] | None]]:
+    """(prompt, reference, conversation or None) from pairs, dicts (data preparation's
+    `eval_prompts`, whose `messages` hold the whole conversation) or EvalPrompt objects."""
     pairs = []
     for p in eval_prompts or []:
+        messages = None
         if isinstance(p, (tuple, list)):
             prompt, ref = p[0], (p[1] if len(p) > 1 else None)
         elif isinstance(p, dict):
-            prompt, ref = p["prompt"], p.get("reference")
+            prompt, ref, messages = p["prompt"], p.get("reference"), p.get("messages") or None
         else:
             prompt, ref = p.prompt, getattr(p, "reference", None)
-        pairs.append((prompt, ref))
+        pairs.append((prompt, ref, messages))
     return pairs
 
 
@@ -228,8 +238,9 @@ def _measure(model, tokenizer, *, validation, pairs, batch_size, max_new_tokens,
         log(f"evaluation: {who} validation loss {loss:.4f} (perplexity {ppl:.2f}) in {time.monotonic() - t0:.1f}s")
     if want_gen and pairs:
         t0 = time.monotonic()
-        answers = generate_answers(model, tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size=batch_size)
-        scored = [(a, r) for a, (_, r) in zip(answers, pairs) if r is not None]
+        inputs = [messages or prompt for prompt, _, messages in pairs]
+        answers = generate_answers(model, tokenizer, inputs, max_new_tokens, batch_size=batch_size)
+        scored = [(a, r) for a, (_, r, _) in zip(answers, pairs) if r is not None]
         if scored:
             metrics["exactMatch"] = sum(exact_match(a, r) for a, r in scored) / len(scored)
             metrics["rougeL"] = sum(rouge_l(a, r) for a, r in scored) / len(scored)
@@ -238,6 +249,33 @@ def _measure(model, tokenizer, *, validation, pairs, batch_size, max_new_tokens,
             + (f" (exact match {metrics['exactMatch']:.3f}, ROUGE-L {metrics['rougeL']:.3f})" if scored else "")
         )
     return metrics, answers
+
+
+def load_prompt_file(uri: str) -> list[dict]:
+    """`{"prompt", "reference"}` rows of evaluation.promptsUri; errors name the file and line."""
+    import json
+    from pathlib import Path
+
+    from kubetune.api.uris import local_path
+
+    path = Path(local_path(uri))
+    if not path.is_file():
+        raise ValueError(f"evaluation.promptsUri: {uri!r} ({path}) is not a file")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path}:{number}: each line needs a string field 'prompt' (and optionally 'reference')")
+        ref = row.get("reference")
+        if ref is not None and not isinstance(ref, str):
+            raise ValueError(f"{path}:{number}: 'reference' must be a string")
+        rows.append({"prompt": row["prompt"], "reference": ref})
+    return rows
 
 
 def _spec_of(spec):
@@ -258,8 +296,9 @@ def evaluate_job(
     """The evaluation report for a trained model (a dict, written as evaluation.json).
 
     `spec` is the FineTuneJobSpec (or the FineTuneJob). `validation` holds SftSample-like
-    samples; `eval_prompts` holds (prompt, reference) pairs, dicts or EvalPrompt objects (the
-    spec's `evaluation.prompts` are used when it is None). For LoRA-family methods the base is
+    samples. Generation prompts are the spec's own (`evaluation.prompts` and the rows of
+    `evaluation.promptsUri`) when it names any, else `eval_prompts`: (prompt, reference) pairs,
+    dicts (data preparation's held-out rows) or EvalPrompt objects. For LoRA-family methods the base is
     measured with the adapter disabled; otherwise `base_model_fn()` loads it (None skips the
     base comparison, and base metrics are then absent). Metrics use the API's GateMetric names.
     """
@@ -272,7 +311,8 @@ def evaluate_job(
         {"evalLoss", "perplexity", "evalLossDelta"} & gate_metrics
     )
     want_gen = bool({"exactMatch", "rougeL"} & set(ev.metrics)) or bool({"exactMatch", "rougeL"} & gate_metrics)
-    pairs = _prompt_pairs(eval_prompts if eval_prompts is not None else ev.prompts)
+    own = list(ev.prompts or []) + (load_prompt_file(ev.prompts_uri) if ev.prompts_uri else [])
+    pairs = _prompt_pairs(own or eval_prompts or [])
     batch_size = max(1, min(spec.hyperparameters.batch_size, 16))
     validation = list(validation or [])
     if want_loss and not validation:
@@ -307,7 +347,7 @@ def evaluate_job(
         metrics["evalLossDelta"] = tuned["evalLoss"] - base["evalLoss"]
 
     samples = []
-    for i, (prompt, ref) in enumerate(pairs):
+    for i, (prompt, ref, _) in enumerate(pairs):
         row: dict[str, Any] = {"prompt": prompt, "reference": ref}
         if i < len(tuned_answers):
             row["tuned"] = tuned_answers[i]

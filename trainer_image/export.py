@@ -233,10 +233,20 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(aside, a)
 
 
+def _current_umask() -> int:
+    """The process umask, read without setting it (os.umask would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def publish_modes(root: Path) -> None:
     """Ordinary umask modes: mkdtemp makes 0700 folders, which the serving pods' user cannot read."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     os.chmod(root, 0o777 & ~umask)
     for path in root.rglob("*"):
         if not path.is_symlink():

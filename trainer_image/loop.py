@@ -254,126 +254,149 @@ def load_trained_state(model, spec: FineTuneJobSpec, ref: ckpt.CheckpointRef) ->
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
-def train_loop(cfg: LoopConfig) -> LoopResult:
-    """Train on this worker; all workers run it together (torch.distributed already set up by Ray)."""
-    import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
+class _WorkerRun:
+    """One worker's training run: set up, resume, then one method per step concern."""
 
-    spec, hp = cfg.spec, cfg.spec.hyperparameters
-    rank, world_size = world()
-    device = device_for(cfg.use_gpu)
-    seed = hp.seed
+    def __init__(self, cfg: LoopConfig):
+        import torch
 
-    seed_all(seed)
-    model = model_init.load_model(spec, Path(cfg.model_dir), device=device)
-    seed_all(seed)  # adapter init is identical on every worker and in every (resumed) run
-    model = methods.apply_method(model, spec)
-    model.train()
-    trainable_count, total_count = methods.parameter_counts(model)
-    if rank == 0:
-        log.info("method %s: %d of %d parameters trainable (%.2f%%)", spec.method.type, trainable_count,
-                 total_count, 100.0 * trainable_count / max(1, total_count))
-    reference = None
-    if spec.objective.type == "dpo":
-        reference = objectives.Reference(model, adapter=methods.is_adapter_method(spec))
+        self.cfg, self.spec, self.hp = cfg, cfg.spec, cfg.spec.hyperparameters
+        self.rank, self.world_size = world()
+        self.device = device_for(cfg.use_gpu)
+        self.seed = self.hp.seed
 
-    sequences = build_sequences(_resolve(cfg.train), spec)
-    if not sequences:
-        raise TrainerConfigError("no training samples: check spec.datasets and preprocessing")
-    plan = plan_steps(len(sequences), world_size, hp)
-    if plan.sequences < plan.per_step and rank == 0:
-        log.warning(
-            "%d training sequences are fewer than one optimizer step takes (%d = workers x batchSize x "
-            "gradientAccumulationSteps): sequences repeat within a step; lower batchSize or add data",
-            plan.sequences, plan.per_step,
+        seed_all(self.seed)
+        model = model_init.load_model(self.spec, Path(cfg.model_dir), device=self.device)
+        seed_all(self.seed)  # adapter init is identical on every worker and in every (resumed) run
+        self.model = methods.apply_method(model, self.spec)
+        self.model.train()
+        self.trainable_count, self.total_count = methods.parameter_counts(self.model)
+        if self.rank == 0:
+            log.info("method %s: %d of %d parameters trainable (%.2f%%)", self.spec.method.type,
+                     self.trainable_count, self.total_count, 100.0 * self.trainable_count / max(1, self.total_count))
+        self.reference = None
+        if self.spec.objective.type == "dpo":
+            self.reference = objectives.Reference(self.model, adapter=methods.is_adapter_method(self.spec))
+
+        self.sequences = build_sequences(_resolve(cfg.train), self.spec)
+        if not self.sequences:
+            raise TrainerConfigError("no training samples: check spec.datasets and preprocessing")
+        self.plan = plan_steps(len(self.sequences), self.world_size, self.hp)
+        if self.plan.sequences < self.plan.per_step and self.rank == 0:
+            log.warning(
+                "%d training sequences are fewer than one optimizer step takes (%d = workers x batchSize x "
+                "gradientAccumulationSteps): sequences repeat within a step; lower batchSize or add data",
+                self.plan.sequences, self.plan.per_step,
+            )
+        self.params_by_name = dict(self.model.named_parameters())
+        self.names_by_id = {id(p): n for n, p in self.params_by_name.items()}
+        self.hft = (self.spec.method.hft or HftConfig()) if self.spec.method.type == "hft" else None
+        self.stage: int | None = None
+        self.selections: dict[int, list] = {}
+        self.optimizer = None
+        self.forward_model = self.model
+        self.trainable: list[torch.nn.Parameter] = []
+
+    # -- resume and optimizer
+
+    def resume(self) -> tuple[int, list[float], ckpt.CheckpointRef | None]:
+        """Load the newest complete checkpoint, if any; returns (start step, losses so far, it)."""
+        latest = ckpt.latest_checkpoint(self.cfg.checkpoint_dir)
+        saved_optimizer, start, losses = None, 0, []
+        if latest is not None:
+            meta = latest.meta()
+            if meta.get("totalSteps") != self.plan.total_steps or meta.get("worldSize") != self.world_size:
+                log.warning(
+                    "checkpoint %s was written with totalSteps=%s worldSize=%s; this run has %s and %s: "
+                    "resuming anyway (the schedule follows this run)",
+                    latest.path, meta.get("totalSteps"), meta.get("worldSize"), self.plan.total_steps, self.world_size,
+                )
+            load_trained_state(self.model, self.spec, latest)
+            saved_optimizer = ckpt.load_optimizer(latest)
+            start, losses = latest.step, list(meta.get("losses", []))[: latest.step]
+            if self.rank == 0:
+                log.info("resuming from %s at step %d of %d", latest.path, start, self.plan.total_steps)
+        if self.hft is not None:
+            self.stage = methods_hft.stage_of(start, self.plan.total_steps, self.hft.stages)
+            self.selections[self.stage] = methods_hft.apply_stage(self.model, seed=self.hft.seed, stage=self.stage)
+        self._rebuild(saved_optimizer)
+        return start, losses, latest
+
+    def _rebuild(self, saved_optimizer: dict | None) -> None:
+        """A fresh optimizer (and DDP wrapper) over what trains now, restoring kept AdamW state."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.optimizer = build_optimizer(self.model, self.hp)
+        if saved_optimizer is not None:
+            ckpt.restore_optimizer_state(self.optimizer, saved_optimizer, self.params_by_name)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if self.world_size > 1:
+            # DDP registers gradient hooks only for parameters that train now, so HFT re-wraps per stage.
+            index = [self.device_index()] if self.device.startswith("cuda") else None
+            self.forward_model = DDP(self.model, device_ids=index)
+
+    def device_index(self) -> int | None:
+        import torch
+
+        return torch.device(self.device).index
+
+    def maybe_next_hft_stage(self, step: int) -> None:
+        if self.hft is None:
+            return
+        stage = methods_hft.stage_of(step, self.plan.total_steps, self.hft.stages)
+        if stage == self.stage:
+            return
+        kept = ckpt.optimizer_state_by_name(self.optimizer, self.names_by_id)
+        self.stage = stage
+        self.selections[stage] = methods_hft.apply_stage(self.model, seed=self.hft.seed, stage=stage)
+        self._rebuild(kept)
+
+    # -- one optimizer step
+
+    def micro_batches(self, step: int) -> list[tuple[dict, int]]:
+        out = []
+        for k in range(self.hp.gradient_accumulation_steps):
+            rows = [self.sequences[i] for i in micro_batch_indices(step, k, self.rank, self.plan, self.hp, self.seed)]
+            batch, tokens = collate(rows, self.spec, self.cfg.pad_id)
+            out.append(({key: v.to(self.device) for key, v in batch.items()}, tokens))
+        return out
+
+    def loss_parts(self, batch: dict) -> objectives.LossParts:
+        if self.spec.objective.type == "sft":
+            return objectives.sft(self.forward_model, batch)
+        return objectives.preference(
+            self.spec.objective.type, self.forward_model, batch, beta=self.spec.objective.beta,
+            pad_id=self.cfg.pad_id, reference=self.reference, unwrapped=self.model,
         )
 
-    params_by_name = dict(model.named_parameters())
-    names_by_id = {id(p): n for n, p in params_by_name.items()}
-    start_step, losses, saved_optimizer = 0, [], None
-    latest = ckpt.latest_checkpoint(cfg.checkpoint_dir)
-    if latest is not None:
-        meta = latest.meta()
-        if meta.get("totalSteps") != plan.total_steps or meta.get("worldSize") != world_size:
-            log.warning(
-                "checkpoint %s was written with totalSteps=%s worldSize=%s; this run has %s and %s: "
-                "resuming anyway (the schedule follows this run)",
-                latest.path, meta.get("totalSteps"), meta.get("worldSize"), plan.total_steps, world_size,
-            )
-        load_trained_state(model, spec, latest)
-        saved_optimizer = ckpt.load_optimizer(latest)
-        start_step, losses = latest.step, list(meta.get("losses", []))[: latest.step]
-        if rank == 0:
-            log.info("resuming from %s at step %d of %d", latest.path, start_step, plan.total_steps)
+    def step(self, step: int) -> tuple[float, float, int]:
+        """Run optimizer step `step`; returns (global loss, learning rate, global non-padding tokens)."""
+        import torch
 
-    hft = (spec.method.hft or HftConfig()) if spec.method.type == "hft" else None
-    stage = 0 if hft is not None else None
-    selections: dict[int, list] = {}
-    if hft is not None:
-        stage = methods_hft.stage_of(start_step, plan.total_steps, hft.stages)
-        selections[stage] = methods_hft.apply_stage(model, seed=hft.seed, stage=stage)
-
-    optimizer = build_optimizer(model, hp)
-    if saved_optimizer is not None:
-        ckpt.restore_optimizer_state(optimizer, saved_optimizer, params_by_name)
-
-    def wrap():
-        if world_size == 1:
-            return model
-        return DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-
-    forward_model = wrap()
-    meter = ThroughputMeter(start_step, plan.total_steps)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    last_ref: ckpt.CheckpointRef | None = latest if latest is not None and latest.step >= plan.total_steps else None
-
-    for step in range(start_step, plan.total_steps):
-        if hft is not None:
-            new_stage = methods_hft.stage_of(step, plan.total_steps, hft.stages)
-            if new_stage != stage:
-                kept = ckpt.optimizer_state_by_name(optimizer, names_by_id)
-                stage = new_stage
-                selections[stage] = methods_hft.apply_stage(model, seed=hft.seed, stage=stage)
-                optimizer = build_optimizer(model, hp)
-                ckpt.restore_optimizer_state(optimizer, kept, params_by_name)
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                forward_model = wrap()  # DDP registers hooks only for parameters that train now
-        lr = lr_at(step, plan.total_steps, hp)
-        for group in optimizer.param_groups:
+        lr = lr_at(step, self.plan.total_steps, self.hp)
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(seed * 1_000_003 + step * 1_009 + rank)
-        random.seed(seed * 1_000_003 + step * 1_009 + rank)
+        torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.rank)
+        random.seed(self.seed * 1_000_003 + step * 1_009 + self.rank)
 
-        micro_batches = []
-        for k in range(hp.gradient_accumulation_steps):
-            rows = [sequences[i] for i in micro_batch_indices(step, k, rank, plan, hp, seed)]
-            batch, tokens = collate(rows, spec, cfg.pad_id)
-            micro_batches.append(({key: v.to(device) for key, v in batch.items()}, tokens))
-        local_count = sum(batch_count(b, spec) for b, _ in micro_batches)
-        (global_count,) = all_reduce_sum([local_count])
+        batches = self.micro_batches(step)
+        (global_count,) = all_reduce_sum([sum(batch_count(b, self.spec) for b, _ in batches)])
         global_count = max(global_count, 1.0)
-
         loss_sum, tokens = 0.0, 0
-        for k, (batch, n_tokens) in enumerate(micro_batches):
+        for k, (batch, n_tokens) in enumerate(batches):
             sync = contextlib.nullcontext()
-            if forward_model is not model and k < len(micro_batches) - 1:
-                sync = forward_model.no_sync()
+            if self.forward_model is not self.model and k < len(batches) - 1:
+                sync = self.forward_model.no_sync()
             with sync:
-                if spec.objective.type == "sft":
-                    parts = objectives.sft(forward_model, batch)
-                else:
-                    parts = objectives.preference(
-                        spec.objective.type, forward_model, batch, beta=spec.objective.beta,
-                        pad_id=cfg.pad_id, reference=reference, unwrapped=model,
-                    )
+                parts = self.loss_parts(batch)
                 # DDP averages gradients over workers; scaling by world size makes it a sum.
-                (parts.total * (world_size / global_count)).backward()
+                (parts.total * (self.world_size / global_count)).backward()
             loss_sum += float(parts.total.detach())
             tokens += n_tokens
-        if hp.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, hp.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if self.hp.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.hp.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
         global_loss_sum, global_tokens = all_reduce_sum([loss_sum, float(tokens)])
         loss = global_loss_sum / global_count
@@ -381,31 +404,52 @@ def train_loop(cfg: LoopConfig) -> LoopResult:
             raise FloatingPointError(
                 f"loss is {loss} at step {step + 1}; lower hyperparameters.learningRate or check the data"
             )
+        return loss, lr, int(global_tokens)
+
+    def save(self, done: int, losses: list[float]) -> ckpt.CheckpointRef | None:
+        """Rank 0 writes the checkpoint; every worker waits so none runs ahead of a save."""
+        ref = None
+        if self.rank == 0:
+            persistent = methods.persistent_parameter_names(self.model, self.spec)
+            ref = ckpt.save_checkpoint(
+                self.cfg.checkpoint_dir, done,
+                trainable={n: self.params_by_name[n] for n in sorted(persistent)},
+                optimizer=ckpt.optimizer_state_by_name(self.optimizer, self.names_by_id),
+                meta={
+                    "totalSteps": self.plan.total_steps, "worldSize": self.world_size, "seed": self.seed,
+                    "method": self.spec.method.type, "objective": self.spec.objective.type,
+                    "dataPosition": {"epoch": (done - 1) // self.plan.steps_per_epoch,
+                                     "stepInEpoch": done % self.plan.steps_per_epoch},
+                    "hftStage": self.stage, "losses": losses,
+                    "rng": "reseeded per step from (seed, step, rank)",
+                },
+                keep_last=self.spec.checkpointing.keep_last,
+            )
+        barrier()
+        return ref
+
+
+def train_loop(cfg: LoopConfig) -> LoopResult:
+    """Train on this worker; all workers run it together (torch.distributed already set up by Ray)."""
+    run = _WorkerRun(cfg)
+    start_step, losses, latest = run.resume()
+    plan, sink = run.plan, cfg.sink
+    meter = ThroughputMeter(start_step, plan.total_steps)
+    last_ref = latest if latest is not None and latest.step >= plan.total_steps else None
+
+    for step in range(start_step, plan.total_steps):
+        run.maybe_next_hft_stage(step)
+        loss, lr, tokens = run.step(step)
         losses.append(loss)
-        meter.add_tokens(int(global_tokens))
+        meter.add_tokens(tokens)
         done = step + 1
-        if rank == 0 and cfg.sink is not None:
-            cfg.sink.on_progress(make_progress(
+        if run.rank == 0 and sink is not None:
+            sink.on_progress(make_progress(
                 step=done, total_steps=plan.total_steps, epoch=done / plan.steps_per_epoch, loss=loss,
                 learning_rate=lr, tokens_per_second=meter.tokens_per_second(), eta_seconds=meter.eta_seconds(done),
             ))
-        if done % spec.checkpointing.every_steps == 0 or done == plan.total_steps:
-            if rank == 0:
-                persistent = methods.persistent_parameter_names(model, spec)
-                last_ref = ckpt.save_checkpoint(
-                    cfg.checkpoint_dir, done,
-                    trainable={n: params_by_name[n] for n in sorted(persistent)},
-                    optimizer=ckpt.optimizer_state_by_name(optimizer, names_by_id),
-                    meta={
-                        "totalSteps": plan.total_steps, "worldSize": world_size, "seed": seed,
-                        "method": spec.method.type, "objective": spec.objective.type,
-                        "dataPosition": {"epoch": step // plan.steps_per_epoch,
-                                         "stepInEpoch": done % plan.steps_per_epoch},
-                        "hftStage": stage, "losses": losses, "rng": "reseeded per step from (seed, step, rank)",
-                    },
-                    keep_last=spec.checkpointing.keep_last,
-                )
-            barrier()
+        if done % cfg.spec.checkpointing.every_steps == 0 or done == plan.total_steps:
+            last_ref = run.save(done, losses) or last_ref
         if cfg.fail_after_step is not None and done == cfg.fail_after_step:
             raise SimulatedFailure(f"simulated failure after step {done}")
 
@@ -417,7 +461,7 @@ def train_loop(cfg: LoopConfig) -> LoopResult:
         total_steps=plan.total_steps,
         checkpoint=str(last_ref.path) if last_ref else "",
         tokens_per_second=meter.tokens_per_second(),
-        trainable_parameters=trainable_count,
-        total_parameters=total_count,
-        hft_selections=selections,
+        trainable_parameters=run.trainable_count,
+        total_parameters=run.total_count,
+        hft_selections=run.selections,
     )

@@ -116,6 +116,21 @@ def _connect_ray(local: bool, workers: int):
     return True
 
 
+def _cpus_per_worker(local: bool, workers: int, requested) -> int:
+    """CPUs each worker reserves; Ray sets the worker's OMP/torch threads to this number.
+
+    Locally the machine's CPUs are shared out between the workers (one CPU each would leave
+    torch single-threaded); in a cluster each worker gets spec.resources.cpu, capped by what
+    the cluster has so a fit never waits for CPUs that do not exist.
+    """
+    import ray
+
+    from .distributed import cpu_quantity
+
+    share = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+    return share if local else min(cpu_quantity(requested), share)
+
+
 def _gpus_available(local: bool) -> bool:
     if local:
         return model_init.cuda_available()
@@ -148,7 +163,7 @@ def train(
             log.warning("training in-process runs a single worker; spec.resources.workers=%d ignored", workers)
         cfg.use_gpu = spec.resources.gpus_per_worker > 0 and model_init.cuda_available()
         return train_loop(cfg)
-    from .distributed import run_on_ray, unique_run_name
+    from .distributed import cpu_quantity, run_on_ray, unique_run_name
 
     started = _connect_ray(local, workers)
     try:
@@ -161,6 +176,7 @@ def train(
         return run_on_ray(
             cfg, workers=workers, use_gpu=use_gpu, storage=checkpoint_dir / RAY_STORAGE,
             run_name=unique_run_name((job.metadata or {}).get("name") or "finetunejob"), sink=sink,
+            cpus_per_worker=_cpus_per_worker(local, workers, spec.resources.cpu),
         )
     finally:
         if started:

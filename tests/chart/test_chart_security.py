@@ -46,14 +46,16 @@ def test_pod_runs_locked_down(rendered):
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
 
 
-def test_rbac_has_no_wildcards_secrets_or_escalation(rendered):
+def test_rbac_has_no_wildcards_secret_listing_or_escalation(rendered):
     rules = _rules(rendered)
     assert rules
     for role, rule in rules:
         where = f"{role['kind']}/{role['metadata']['name']}"
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"{where}: wildcard in {field}"
-        assert "secrets" not in rule["resources"], f"{where}: the operator never reads Secrets"
+        if "secrets" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "create"}, (
+                f"{where}: Secrets only get/create (the engine key); list/watch would expose them all")
         assert not DANGEROUS_VERBS & set(rule["verbs"]), f"{where}: {rule}"
         assert not rule.get("nonResourceURLs"), where
 
@@ -91,18 +93,30 @@ def test_read_only_where_the_operator_only_observes(default_render):
     assert "delete" not in _grants(default_render, "kubetune.io", "finetunejobs")
 
 
-def test_per_job_roles_need_no_bind_or_escalate(default_render):
+def _operator_granted_rules():
+    """The rules of every Role the operator renders for its jobs, from its own renderers."""
+    render_rbac = pytest.importorskip("kubetune.operator.render_rbac")
+    render_monitor = pytest.importorskip("kubetune.operator.render_monitor")
+    meta = {"name": "demo", "namespace": "ml", "uid": "0000", "generation": 1}
+    job = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": meta, "spec": {}}
+    deployment = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment", "metadata": meta, "spec": {}}
+    objects = render_rbac.render_rbac(job) + render_monitor.render_rbac(deployment)
+    return [rule for obj in objects if obj["kind"] == "Role" for rule in obj["rules"]]
+
+
+@pytest.mark.parametrize("mode", ["cluster", "namespaced"])
+def test_per_job_roles_need_no_bind_or_escalate(default_render, namespaced_render, mode):
     """The Roles the operator creates for training pods and the monitor job grant only
     permissions the operator holds itself, so Kubernetes' RBAC escalation check lets it create
     them without `bind` or `escalate` (docs/real-cluster.md, "Permissions")."""
-    granted_to_jobs = {
-        ("kubetune.io", "finetunejobs"): {"get"},
-        ("kubetune.io", "finetunejobs/status"): {"get", "patch"},
-        ("kubetune.io", "modeldeployments"): {"get"},
-        ("kubetune.io", "modeldeployments/status"): {"get", "patch"},
-    }
-    for (group, resource), verbs in granted_to_jobs.items():
-        assert verbs <= _grants(default_render, group, resource), (group, resource)
+    rendered = default_render if mode == "cluster" else namespaced_render
+    rules = _operator_granted_rules()
+    assert rules
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert set(rule["verbs"]) <= _grants(rendered, group, resource), (
+                    f"the operator grants {rule['verbs']} on {group}/{resource} but does not hold them")
 
 
 def test_integrations_add_only_their_own_permissions(default_render, integrations_render):
@@ -145,3 +159,14 @@ def test_existing_service_account_must_be_named():
     helm = pytest.importorskip("helm_python")
     with pytest.raises(helm.HelmRenderError, match="serviceAccount.name is required"):
         render_chart({"serviceAccount": {"create": False}})
+
+
+def test_every_kind_the_operator_manages_is_granted(integrations_render):
+    """kubetune.operator.k8s.KINDS is the operator's list of kinds it talks to: each needs a rule."""
+    k8s = pytest.importorskip("kubetune.operator.k8s")
+    missing = []
+    for kind, resource in k8s.KINDS.items():
+        group = resource.api_version.rpartition("/")[0] if "/" in resource.api_version else ""
+        if not _grants(integrations_render, group, resource.plural):
+            missing.append(f"{kind} ({group or 'core'}/{resource.plural})")
+    assert not missing, f"the chart grants nothing on {missing}"

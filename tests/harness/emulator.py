@@ -15,6 +15,9 @@ subresource semantics, finalizers and deletionTimestamp, owner-reference garbage
 label and field selectors, `as=Table` responses with the CRD's printer columns (so
 `kubectl get ftj` shows them), apiVersion/kind on lists.
 
+Stored objects are never mutated in place (every write builds a new dict), so reads and
+watch events share them without copies; the test accessors hand out deep copies.
+
 What it does not do: validation against schemas, admission, server-side apply, controllers
 (tests simulate KubeRay and the pod lifecycle by PATCHing status over HTTP). Fault injection
 (`fail_next`, `drop_watches`) lets tests exercise retries.
@@ -163,16 +166,27 @@ class ApiError(Exception):
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch (also used for strategic merge patches: lists are replaced)."""
+    """RFC 7386 JSON merge patch (also used for strategic merge patches: lists are replaced).
+
+    Returns a new object; neither argument is modified.
+    """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    _merge_into(result, patch)
+    return result
+
+
+def _merge_into(result: dict[str, Any], patch: dict[str, Any]) -> None:
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
+        elif isinstance(value, dict):
+            if not isinstance(result.get(key), dict):
+                result[key] = {}
+            _merge_into(result[key], value)
         else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+            result[key] = copy.deepcopy(value)
 
 
 _SELECTOR_TERM = re.compile(r"^\s*(!?)([A-Za-z0-9._/-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*$")
@@ -441,7 +455,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if method == "GET" and request.name is None:
             return self._list(request, kind, ns), 200
         if method == "GET":
-            return copy.deepcopy(self._existing(kind, ns, request.name)), 200
+            return self._existing(kind, ns, request.name), 200
         if method == "POST" and request.name is None:
             return self._create(request, kind, ns), 201
         if method == "PATCH" and request.name is not None:
@@ -465,7 +479,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         labels = request.params.get("labelSelector")
         fields = request.params.get("fieldSelector")
         items = [
-            copy.deepcopy(obj)
+            obj
             for (key, obj_ns, _), obj in sorted(self._store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
             if key == kind.key
             and (ns is None or obj_ns == ns)
@@ -495,7 +509,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            while True:  # a generated name is unique (the real server retries a few times too)
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                if (kind.key, ns or meta.get("namespace"), meta["name"]) not in self._store:
+                    break
         name = meta.get("name")
         if not name:
             raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
@@ -518,7 +535,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return obj
         self._store[(kind.key, ns, name)] = obj
         self._emit(kind, "ADDED", obj)
-        return copy.deepcopy(obj)
+        return obj
 
     def _apply_patch(self, current: dict[str, Any], request: rendering.Request) -> dict[str, Any]:
         content_type = request.headers.get("Content-Type", request.headers.get("content-type", "")).split(";")[0].strip()
@@ -602,22 +619,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
         result["apiVersion"], result["kind"] = kind.api_version, kind.kind
         result["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
         if result == current:
-            return copy.deepcopy(current)  # a no-op write does not bump resourceVersion
+            return current  # a no-op write does not bump resourceVersion
         self._rv += 1
         result["metadata"]["resourceVersion"] = str(self._rv)
         if not result["metadata"].get("finalizers"):
             result["metadata"].pop("finalizers", None)
         if result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers"):
             self._remove(kind, ns, name, result)
-            return copy.deepcopy(result)
+            return result
         self._store[(kind.key, ns, name)] = result
         self._emit(kind, "MODIFIED", result)
-        return copy.deepcopy(result)
+        return result
 
     def _delete(self, kind: Kind, ns: str | None, name: str) -> dict[str, Any]:
         current = self._existing(kind, ns, name)
         if current["metadata"].get("deletionTimestamp"):
-            return copy.deepcopy(current)
+            return current
         if current["metadata"].get("finalizers"):
             result = copy.deepcopy(current)
             self._rv += 1
@@ -626,7 +643,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             result["metadata"]["resourceVersion"] = str(self._rv)
             self._store[(kind.key, ns, name)] = result
             self._emit(kind, "MODIFIED", result)
-            return copy.deepcopy(result)
+            return result
         self._rv += 1
         current = copy.deepcopy(current)
         current["metadata"]["resourceVersion"] = str(self._rv)
@@ -655,7 +672,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # ------------------------------------------------------------------ watch
 
     def _emit(self, kind: Kind, event_type: str, obj: dict[str, Any]) -> None:
-        snapshot = copy.deepcopy(obj)
+        snapshot = obj  # stored objects are never mutated in place: every write makes a new one
         rv = int(snapshot["metadata"]["resourceVersion"])
         self._history[kind.key].append((rv, event_type, snapshot))
         for queue in self._watchers[kind.key]:
@@ -680,7 +697,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         queue: asyncio.Queue = asyncio.Queue()
         async with self._state_lock:
             if since in ("", "0"):
-                initial = [("ADDED", copy.deepcopy(o)) for (k, _, _), o in self._store.items() if k == kind.key]
+                initial = [("ADDED", o) for (k, _, _), o in self._store.items() if k == kind.key]
             else:
                 history = self._history[kind.key]
                 if history and len(history) == history.maxlen and int(since) < history[0][0]:

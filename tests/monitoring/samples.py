@@ -17,6 +17,7 @@ def modeldeployment(name: str = "support-bot", namespace: str = "ml", mode: str 
             "retraining": {
                 "mode": mode,
                 "cooldownSeconds": 0,
+                "minSamples": 100,
                 "persistentChecks": 2,
                 "template": {
                     "metadata": {"labels": {"team": "support"}},

@@ -28,7 +28,9 @@ def test_create_applies_children_that_validate(kube_http, namespace, shared_dir)
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     jsonschema = pytest.importorskip("jsonschema")
     rayjob = _create(kube_http, namespace, spec=full_spec(), labels={"kueue.x-k8s.io/queue-name": "gpu"})
-    owner_uid = kube_http.get("finetunejobs", namespace, "job")["metadata"]["uid"]
+    owner = kube_http.get("finetunejobs", namespace, "job")
+    owner_uid = owner["metadata"]["uid"]
+    assert not owner["metadata"].get("finalizers")  # deletion never waits for the operator
     children = [
         kube_http.get("configmaps", namespace, "job-config"),
         kube_http.get("serviceaccounts", namespace, "job-trainer"),
@@ -192,3 +194,15 @@ def test_deleted_child_is_recreated_by_the_resync(kube_http, namespace):
     kube_http.delete("rayjobs", namespace, "job-train")
     again = wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train"), 15, message="RayJob recreated")
     assert again["metadata"]["uid"] != rayjob["metadata"]["uid"]
+
+
+def test_resync_recovers_a_lost_status_update(k8s_emulator, kube_http, kuberay, namespace):
+    """The event-driven status write fails (injected 500, event handlers are not retried);
+    the periodic level-based resync writes it anyway."""
+    _create(kube_http, namespace)
+    wait_phase(kube_http, namespace, "job", "Pending")
+    k8s_emulator.fail_next("PATCH", rf"/namespaces/{namespace}/finetunejobs/job/status$", 500)
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training", timeout=20)
+    assert any(m == "PATCH" and p.endswith(f"{namespace}/finetunejobs/job/status") and s == 500
+               for m, p, s in k8s_emulator.requests())

@@ -6,8 +6,6 @@ test (status PATCHes), as everywhere in the harness.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.harness.client import KubeHttp, KubeRaySimulator, wait_for
 from tests.harness.operator import OperatorRunner
 from tests.harness.server import RunningEmulator
@@ -34,7 +32,6 @@ def test_restart_mid_training_recovers_without_duplicates(k8s_emulator, kube_htt
     assert len(kube_http.list("configmaps", namespace)) == 1
 
 
-@pytest.mark.slow
 def test_without_kuberay_rayjob_is_not_accepted_and_job_engine_runs(tmp_path):
     with RunningEmulator(tmp_path, kuberay=False) as cluster, OperatorRunner(cluster.kubeconfig):
         http = KubeHttp(cluster.url)

@@ -37,6 +37,7 @@ class FakeVllm:
         self.adapters: dict[str, str] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.model_listings = 0
+        self.authorizations: list[str] = []
         self.fail_paths: set[str] = set()
         self.port = 0
         self._lock = threading.Lock()
@@ -72,6 +73,7 @@ class FakeVllm:
     # -- the server
     async def _models(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         with self._lock:
+            self.authorizations.append(request.headers.get("Authorization", ""))
             self.model_listings += 1
             data = [{"id": self.base_model, "object": "model", "root": "/models/base", "parent": None}]
             data += [{"id": n, "object": "model", "root": p, "parent": self.base_model} for n, p in sorted(self.adapters.items())]

@@ -8,6 +8,7 @@ kopf's watch/handler cycle, the operator's API client, its HTTP calls to the eng
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from typing import Any
@@ -129,7 +130,7 @@ def test_optional_children_follow_the_spec(http, ns, cluster):
         "model": {"uri": "pvc://models/base"}, "autoscaling": {"enabled": True, "maxReplicas": 3}}))
     hpa = wait_for(lambda: http.get("horizontalpodautoscalers", ns, "chat"), 15, message="the HPA")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
-    assert http.get("poddisruptionbudgets", ns, "chat") is not None
+    wait_for(lambda: http.get("poddisruptionbudgets", ns, "chat"), 10, message="the PDB")
     monitor = wait_for(lambda: cluster.get("podmonitors", ns, "chat"), 5, message="the PodMonitor")
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http", "vllm"}
     assert "replicas" not in http.get("deployments", ns, "chat-vllm")["spec"]
@@ -138,6 +139,23 @@ def test_optional_children_follow_the_spec(http, ns, cluster):
     wait_for(lambda: http.get("horizontalpodautoscalers", ns, "chat") is None, 10, message="HPA deleted")
     wait_for(lambda: http.get("poddisruptionbudgets", ns, "chat") is None, 10, message="PDB deleted")
     assert http.get("deployments", ns, "chat-vllm")["spec"]["replicas"] == 1
+
+
+def test_status_writes_keep_other_conditions_and_survive_a_conflict(http, ns, cluster):
+    """Monitoring writes its own conditions into the same list; a 409 makes us retry, not give up."""
+    http.create("modeldeployments", ns, modeldeployment("chat", {"model": {"uri": "pvc://models/base"}}))
+    wait_for(lambda: md_status(http, ns, "chat").get("phase"), 15, message="a first status")
+    drifted = {"type": "Drifted", "status": "True", "reason": "DriftDetected", "message": "drift share 0.7",
+               "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    conditions = md_status(http, ns, "chat")["conditions"] + [drifted]
+    http.patch_status("modeldeployments", ns, "chat", {"conditions": conditions})
+    wait_for(lambda: http.get("deployments", ns, "chat-vllm"), 10)
+    status_path = f"/namespaces/{ns}/modeldeployments/chat/status"
+    cluster.fail_next("PATCH", status_path + "$", 409)  # the operator's next status write
+    make_ready(http, ns, "chat-vllm")
+    status = wait_for(lambda: (s := md_status(http, ns, "chat")).get("phase") == "Ready" and s, 10, message="Ready")
+    assert any(m == "PATCH" and p.endswith(status_path) and code == 409 for m, p, code in cluster.requests())
+    assert cond(status, "Drifted") == drifted
 
 
 def test_failed_gates_do_not_deploy_and_say_which(http, ns):
@@ -236,6 +254,11 @@ def test_adapter_is_loaded_at_runtime_and_again_after_a_pod_restart(http, ns, fa
     assert {"lora_name": "tone", "lora_path": "/mnt/pvc/artifacts/tone-v1"} in fake_vllm.calls_to("/v1/load_lora_adapter")
     wait_for(lambda: pod_state(md_status(http, ns, "chat"), "tone", "chat-pod-a") == "Loaded", 10,
              message="Loaded in status")
+    # The operator authenticates to the engine with the generated key from the Secret.
+    secret = http.get("secrets", ns, "chat-engine-key")
+    key = base64.b64decode(secret["data"]["key"]).decode()
+    assert len(key) >= 32 and fake_vllm.authorizations[-1] == f"Bearer {key}"
+    assert secret["metadata"]["ownerReferences"][0]["name"] == "chat"
 
     # A second adapter on the same claim: loaded without touching the pod template.
     spec = http.get("modeldeployments", ns, "chat")["spec"]

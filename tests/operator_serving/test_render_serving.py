@@ -238,10 +238,14 @@ def test_s3_sources_are_fetched_by_an_init_container_without_a_shell():
     pod = deploy["spec"]["template"]["spec"]
     (fetch,) = pod["initContainers"]
     assert fetch["command"] == ["kubetune"]
-    assert fetch["args"] == ["fetch", "--to", "/mnt/fetched/models-chat-merged", "s3://models/chat/merged"]
+    dest = fetch["args"][2]
+    assert fetch["args"] == ["fetch", "--to", dest, "s3://models/chat/merged"]
+    assert dest.startswith("/mnt/fetched/models-chat-merged-")
     assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     vllm = _container(deploy, "vllm")
-    assert vllm["args"][vllm["args"].index("--model") + 1] == "/mnt/fetched/models-chat-merged"
+    assert vllm["args"][vllm["args"].index("--model") + 1] == dest
+    settings = rs.ServingSettings()
+    assert rs.pod_path("s3://a/b-c", settings) != rs.pod_path("s3://a-b/c", settings)
     assert vllm["image"] == "registry.local/vllm:0.11"
 
 
@@ -328,3 +332,16 @@ def test_settings_from_env_and_bad_values():
         rs.ServingSettings.from_env({"KUBETUNE_SERVING_STARTUP_SECONDS": "soon"})
     with pytest.raises(ValueError, match="PodMonitor or ServiceMonitor"):
         rs.ServingSettings.from_env({"KUBETUNE_SERVING_MONITOR_KIND": "Probe"})
+
+
+def test_engine_api_is_keyed_so_only_the_gateway_and_operator_reach_it():
+    inp = case_adapter_on_pvc()
+    deploy = _deployment(inp)
+    vllm, gateway = _container(deploy, "vllm"), _container(deploy, "gateway")
+    key_env = next(e for e in vllm["env"] if e["name"] == "VLLM_API_KEY")
+    assert key_env["valueFrom"] == {"secretKeyRef": {"name": "chat-engine-key", "key": "key"}}
+    assert gateway["args"][gateway["args"].index("--upstream-api-key-file") + 1] == "/etc/kubetune/engine-key/key"
+    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"  # outside /v1: no key needed
+    secret = rs.render_engine_key(inp.md, "s3cr3t")
+    assert secret["data"] == {"key": "czNjcjN0"} and secret["metadata"]["ownerReferences"][0]["name"] == "chat"
+    kubernetes_validate.validate(secret, CORE_VERSION, strict=True)

@@ -118,3 +118,44 @@ def test_cli_rejects_bad_options(capsys):
     assert "--score-prompts cannot exceed --traffic" in capsys.readouterr().err
     args = parser.parse_args(["quickstart", "--shifted", "0"])
     assert run(args) == 2
+
+
+def _deployment():
+    from kubetune.api import parse_modeldeployment
+
+    return parse_modeldeployment(yaml.safe_load((EXAMPLE / "modeldeployment.yaml").read_text()))
+
+
+def _monitor_summary(drifted: bool, samples: int = 24, flag_ratio: float = 0.0) -> dict:
+    """The shape `kubetune monitor --json` writes (kubetune.monitoring.drift)."""
+    return {"drift_detected": drifted, "drift_share": 0.75 if drifted else 0.0, "status": "ok",
+            "samples": {"reference": 400, "current": samples}, "message": "m",
+            "safety": {"samples": samples, "flagRatio": flag_ratio}}
+
+
+def test_drift_figures_read_the_monitor_summary():
+    from kubetune.quickstart_pipeline import drift_figures
+
+    figures = drift_figures(_monitor_summary(True))
+    assert figures["driftDetected"] is True and figures["driftShare"] == 0.75 and figures["samples"] == 24
+    assert drift_figures({"drift_detected": False, "drift_share": None, "samples": {"current": 3}})["driftShare"] == 0.0
+    with pytest.raises(StepFailed, match="drift_detected"):
+        drift_figures({"unexpected": True})
+
+
+def test_retraining_decision_uses_the_policy_and_the_deployment_settings():
+    """The real monitoring policy with examples/quickstart/modeldeployment.yaml (mode Suggest)."""
+    pytest.importorskip("kubetune.monitoring.policy")
+    from datetime import datetime, timedelta, timezone
+
+    from kubetune.quickstart_pipeline import retraining_decision
+
+    now = datetime.now(timezone.utc)
+    live = now - timedelta(minutes=5)
+    deployment = _deployment()
+    drifted = retraining_decision(deployment, _monitor_summary(True), now=now, live_since=live)
+    assert drifted["decision"] == "suggest" and drifted["trigger"] == "drift"
+    calm = retraining_decision(deployment, _monitor_summary(False), now=now, live_since=live)
+    assert calm["decision"] == "none" and calm["reason"] == "NoTrigger"
+    few = retraining_decision(deployment, _monitor_summary(True, samples=3), now=now, live_since=live)
+    assert few["decision"] == "none" and few["reason"] == "InsufficientSamples"

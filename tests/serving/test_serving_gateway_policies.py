@@ -141,13 +141,13 @@ def test_canary_split_follows_weight_and_reloads(loop_thread, tmp_path, scripted
     gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, canary_config=str(routes),
                                          log_dir=None)
     assert metric_value(url, "kubetune_gateway_canary_weight", adapter="support") == 30
-    n = 300
+    n = 200
     for _ in range(n):
         client.completions.create(model="support", prompt="x")
     canary = scripted.seen_models.count("support-v2")
     assert scripted.seen_models.count("support") == n - canary
-    # Seeded, so this is one fixed draw; the bounds are > 5 standard deviations of Binomial(300, 0.3).
-    assert 50 <= canary <= 130
+    # Seeded, so this is one fixed draw; the bounds are > 4.5 standard deviations of Binomial(200, 0.3).
+    assert 30 <= canary <= 90
     assert "support" in [m.id for m in client.models.list()]
 
     routes.write_text(json.dumps({"routes": [{"model": "support", "canary": "support-v2", "weight": 0}]}))
@@ -224,6 +224,7 @@ def test_feedback_forces_unsampled_record(tmp_path):
     assert rec["feedback"] == {"rating": -1, "comment": "wrong, call [PHONE]"}
 
 
+@pytest.mark.slow
 def test_sigterm_flushes_every_record(tmp_path, scripted):
     """The gateway as the operator starts it (`serve --upstream ...`, its flag spellings), stopped
     with SIGTERM as Kubernetes stops a pod: every answered request is on disk afterwards."""

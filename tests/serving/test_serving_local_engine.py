@@ -13,6 +13,8 @@ import pytest
 
 from tests.serving.serving_support import ServeProcess, make_adapter, read_log
 
+pytestmark = pytest.mark.slow  # one model load in a subprocess for the module (~20 s on 2 cores)
+
 KEY = "test-key-1"
 CONTRACT_KEYS = {"id", "time", "model", "adapter", "prompt", "response", "promptTokens", "completionTokens",
                  "latencyMs", "safety", "feedback"}
@@ -194,5 +196,5 @@ def test_feedback_forces_redacted_record_into_payload_log(served, client):
     assert record["feedback"] == {"rating": -1, "comment": "wrong; my card is [CARD]"}
     assert record["model"] == "tiny" and record["adapter"] == "support"
     assert record["completionTokens"] >= 1 and record["latencyMs"] > 0 and record["time"].endswith("Z")
-    assert record["safety"] == {"flagged": False, "score": 0.0, "categories": {}} or "flagged" in record["safety"]
+    assert set(record["safety"]) == {"flagged", "score", "categories"}  # scored (offline scorer by default)
     assert "jane.doe" not in (served.work / "logs" / "payloads.jsonl").read_text()

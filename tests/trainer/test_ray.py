@@ -100,3 +100,78 @@ def test_train_command_rejects_an_invalid_manifest_with_field_paths(tmp_path, ca
     assert main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "spec.method.type" in err and "spec.baseModel" in err
+
+
+@pytest.mark.slow
+def test_a_failed_ray_run_keeps_its_checkpoints_and_a_rerun_resumes(ray_session, make_job, sft_samples, tokenizer, tmp_path):
+    """A worker dies after step 3 (after the step-2 checkpoint); the rerun continues from step 2."""
+    from kubetune.trainer.errors import TrainingFailedError
+
+    job = make_job({"hyperparameters": {"maxSteps": 4}, "checkpointing": {"everySteps": 2}})
+    checkpoints = tmp_path / "ck"
+    with pytest.raises(TrainingFailedError, match="resumes from the latest"):
+        pipeline.train(job, model_dir=Path(job.spec.base_model.uri), train_samples=sft_samples,
+                       pad_id=tokenizer.pad_token_id, checkpoint_dir=checkpoints, local=True, fail_after_step=3)
+    assert [c.step for c in ckpt.list_checkpoints(checkpoints)] == [2]
+    resumed = pipeline.train(job, model_dir=Path(job.spec.base_model.uri), train_samples=sft_samples,
+                             pad_id=tokenizer.pad_token_id, checkpoint_dir=checkpoints, local=True, use_ray=False)
+    assert resumed.start_step == 2 and len(resumed.losses) == 4
+    assert ckpt.latest_checkpoint(checkpoints).step == 4
+
+
+def test_config_errors_raised_in_a_worker_are_found_in_rays_exception():
+    from kubetune.trainer.distributed import _cause
+    from kubetune.trainer.errors import TrainerConfigError
+
+    class WorkerGroupError(RuntimeError):
+        def __init__(self, failures):
+            super().__init__("workers failed")
+            self.worker_failures = failures
+
+    inner = TrainerConfigError("checkpoint does not match spec.method")
+    assert _cause(WorkerGroupError({0: RuntimeError("x"), 1: inner})) is inner
+    assert _cause(WorkerGroupError({0: RuntimeError("x")})) is None
+
+
+def test_cpu_quantities_become_whole_worker_cpus():
+    from kubetune.trainer.distributed import cpu_quantity
+
+    assert [cpu_quantity(q) for q in ("4", "500m", 2, "2500m")] == [4, 1, 2, 2]
+
+
+@pytest.mark.slow
+def test_killed_train_command_resumes_from_its_last_checkpoint(ray_session, tiny_model_dir, tmp_path):
+    """SIGKILL the in-pod entrypoint once a checkpoint exists; the same command again continues from it.
+
+    The killed driver is connected to this session's Ray (as a pod's driver is to KubeRay's),
+    so Ray reaps the dead job's workers and nothing is left running.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = _write_job(tmp_path, tiny_model_dir, hyperparameters={"maxSteps": 150, "batchSize": 1, "learningRate": 0.005},
+                     checkpointing={"everySteps": 5, "keepLast": 2})
+    checkpoints = tmp_path / "artifact" / "checkpoints"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "kubetune", "train", "--config", str(job), "--quiet"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while ckpt.latest_checkpoint(checkpoints) is None and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = ckpt.latest_checkpoint(checkpoints).step
+    assert 5 <= killed_at < 150, "the run finished before it could be killed"
+
+    assert main(["train", "--config", str(job), "--quiet"]) == 0
+    events = [json.loads(line) for line in (tmp_path / "artifact" / "progress.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in events if e["event"] == "progress"]
+    resumed_from = len(steps) - 1 - steps[::-1].index(killed_at + 1)  # the second run's first report
+    assert steps[0] == 1 and steps[resumed_from - 1] >= killed_at
+    assert steps[resumed_from:] == list(range(killed_at + 1, 151))  # continued, not restarted at 1
+    meta = ckpt.latest_checkpoint(checkpoints).meta()
+    assert meta["step"] == 150 and len(meta["losses"]) == 150

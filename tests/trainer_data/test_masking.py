@@ -118,3 +118,29 @@ def test_objective_format_mismatch_says_what_to_change(tmp_path, tokenizer, obje
     with pytest.raises(DataError) as err:
         prepare(spec, tokenizer, **QUIET)
     assert f"objective.type is {objective}" in str(err.value) and advice in str(err.value)
+
+
+def test_eval_prompts_keep_the_conversation_before_the_answer(tmp_path, tokenizer):
+    rows = [copy.deepcopy(MULTI_TURN) for _ in range(2)]
+    rows[1]["messages"][1]["content"] = "Another first question?"
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    spec = make_spec([{"name": "c", "uri": str(path), "format": "chat"}], validationSplit=0.5)
+    data = prepare(spec, tokenizer, **QUIET)
+    (row,) = data.eval_prompts
+    assert row["prompt"] == "Second question?" and row["reference"] == "Second answer."
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "user"]
+
+
+def test_rows_the_template_refuses_are_counted(tmp_path, tokenizer):
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    rows = [MULTI_TURN] + [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(3)]
+    path = write_jsonl(tmp_path / "c.jsonl", rows)
+    logged: list[str] = []
+    spec = make_spec([{"name": "c", "uri": str(path), "format": "chat"}], chatTemplate=template)
+    data = prepare(spec, tokenizer, log=logged.append)
+    assert data.report["dropped"]["templateError"] == 1 and len(data.train) == 3
+    assert any(f"{path}:1: chat template refused the conversation: no system role" in line for line in logged)

@@ -77,3 +77,50 @@ def test_full_method_measures_the_base_through_base_model_fn(tokenizer, validati
     assert report["metrics"]["baseEvalLoss"] == pytest.approx(base_loss, rel=1e-5)
     assert "exactMatch" not in report["metrics"] and report["safety"] is None
     assert report["gates"][0]["value"] == pytest.approx(report["metrics"]["evalLoss"] - base_loss, rel=1e-4)
+
+
+def test_data_preparation_eval_prompts_generate_from_the_whole_conversation(lora_model, tokenizer, tiny_model_dir, tmp_path):
+    """PreparedData.eval_prompts rows carry `messages`: the answer continues that conversation."""
+    conversation = [
+        {"role": "system", "content": "Answer in JSON."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    job = make_job(tmp_path / "out", tiny_model_dir, evaluation={"metrics": ["rougeL"], "maxNewTokens": 5})
+    report = evaluate_job(
+        job, tokenizer, tuned_model=lora_model, base_model_fn=None, validation=[],
+        eval_prompts=[{"prompt": conversation[-1]["content"], "reference": "Paris", "messages": conversation}],
+        log=lambda _: None,
+    )
+    (expected,) = generate_answers(lora_model, tokenizer, [conversation], max_new_tokens=5)
+    assert report["samples"][0]["tuned"] == expected
+    assert report["samples"][0]["prompt"] == "What is the capital of France?"
+    assert "evalLoss" not in report["metrics"] and "rougeL" in report["metrics"]
+
+
+def test_chat_prompt_renders_a_conversation_and_refuses_a_tokenizer_without_template(tokenizer):
+    from types import SimpleNamespace
+
+    from kubetune.trainer.evaluation import chat_prompt
+
+    text = chat_prompt(tokenizer, [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Hi"}])
+    assert text == "<|im_start|>system\nAnswer in JSON.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert chat_prompt(tokenizer, "Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="chatTemplate"):
+        chat_prompt(SimpleNamespace(chat_template=None), "Hi")
+
+
+def test_prompts_uri_rows_join_the_spec_prompts_and_bad_lines_are_named(lora_model, tokenizer, tiny_model_dir, tmp_path):
+    rows = tmp_path / "eval.jsonl"
+    rows.write_text('{"prompt": "Name a fruit.", "reference": "apple"}\n\n{"prompt": "Say hi."}\n')
+    job = make_job(tmp_path / "out", tiny_model_dir, evaluation={
+        "metrics": ["exactMatch"], "maxNewTokens": 3, "prompts": [{"prompt": "Capital of France?", "reference": "Paris"}],
+        "promptsUri": str(rows),
+    })
+    report = evaluate_job(job, tokenizer, tuned_model=lora_model, base_model_fn=None, validation=[],
+                          eval_prompts=[{"prompt": "held-out row", "reference": "x"}], log=lambda _: None)
+    assert [s["prompt"] for s in report["samples"]] == ["Capital of France?", "Name a fruit.", "Say hi."]
+    assert report["samples"][2]["reference"] is None and "exactMatch" not in report["samples"][2]
+
+    rows.write_text('{"prompt": "ok"}\n{"prompt": 5}\n')
+    with pytest.raises(ValueError, match=r"eval\.jsonl:2: .*'prompt'"):
+        evaluate_job(job, tokenizer, tuned_model=lora_model, base_model_fn=None, validation=[], eval_prompts=None)

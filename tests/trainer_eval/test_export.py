@@ -7,7 +7,7 @@ import json
 import pytest
 
 from kubetune.trainer import export as export_module
-from kubetune.trainer.export import ExportError, export_artifact
+from kubetune.trainer.export import ExportError, _current_umask, export_artifact
 from kubetune.trainer.manifest import dir_digest, weights_digest
 
 from .helpers import PAIRS, load_base, make_job
@@ -71,6 +71,11 @@ def test_adapter_is_what_vllm_loads(lora_model, tokenizer, tmp_path, tiny_model_
     assert keys and all("lora_A" in k or "lora_B" in k for k in keys)
     reloaded_tok = AutoTokenizer.from_pretrained(adapter)
     assert reloaded_tok.chat_template == tokenizer.chat_template
+    # Staging folders are private (0700); the published artifact follows the umask, so the
+    # serving pods' user can read it.
+    umask = _current_umask()
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (adapter / "adapter_model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_merged_export_equals_adapter_logits_and_keeps_the_adapter(lora_model, tokenizer, tmp_path, tiny_model_dir, prepared):

@@ -60,7 +60,7 @@ app.kubernetes.io/part-of: kubetune
 {{/*
 The operator's permissions on namespaced resources: the same rules go into the ClusterRole
 (cluster mode) or into one Role per watched namespace (namespaced mode). Every rule names its
-resources and verbs; nothing touches Secrets. Per-job Roles the operator creates grant only
+resources and verbs; Secrets only get/create (the engine key). Per-job Roles the operator creates grant only
 get on finetunejobs and get/patch on finetunejobs/status (and the same on modeldeployments for
 the monitor job), which the operator holds itself, so the API server's escalation check passes
 without the bind or escalate verbs.
@@ -99,6 +99,12 @@ without the bind or escalate verbs.
 - apiGroups: [""]
   resources: ["pods", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch"]
+# The one Secret the operator owns: each ModelDeployment's vLLM engine key, generated once and
+# read back by name. No list or watch (that would expose every Secret in the namespace), no
+# update or delete (garbage collection follows the owner reference).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
 # kopf posts Events on the objects it handles.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]

@@ -1,0 +1,92 @@
+"""`kubetune fetch --to DIR URI`: copy a model or adapter from object storage into a pod volume.
+
+Init containers run it before vLLM starts. The copy lands in a temporary sibling and is renamed
+into place, so a restarted pod never sees half a model. `s3://` goes through fsspec (install
+`s3fs`; credentials from the usual AWS_* variables); paths, `file://` and mounted `pvc://` URIs
+are copied from the filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fetch",
+        help="copy a model/adapter from a URI into a local directory (init containers)",
+        description="Copy the file or directory at URI into DIR atomically. Supports paths, "
+        "file://, pvc:// (mounted under KUBETUNE_PVC_ROOT) and s3:// (needs s3fs).",
+    )
+    parser.add_argument("uri", help="source URI")
+    parser.add_argument("--to", required=True, type=Path, dest="dest", help="destination directory")
+    parser.set_defaults(func=run_fetch)
+
+
+class FetchError(RuntimeError):
+    """A source that cannot be read; the message names the URI and what to do."""
+
+
+def fetch(uri: str, dest: Path) -> int:
+    """Copy `uri` to `dest` (replacing it); returns the number of files copied."""
+    from kubetune.api.uris import local_path, parse_uri
+
+    parsed = parse_uri(uri)
+    tmp = dest.parent / f".{dest.name}.fetch-{uuid.uuid4().hex[:8]}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if parsed.scheme == "s3":
+            count = _fetch_remote(uri, tmp)
+        else:
+            source = Path(local_path(uri))
+            if not source.exists():
+                raise FetchError(f"{uri}: {source} does not exist (is the volume mounted?)")
+            if source.is_dir():
+                shutil.copytree(source, tmp)
+                count = sum(1 for p in tmp.rglob("*") if p.is_file())
+            else:
+                tmp.mkdir()
+                shutil.copy2(source, tmp / source.name)
+                count = 1
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return count
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch_remote(uri: str, tmp: Path) -> int:
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+    except ImportError as exc:
+        raise FetchError(f"{uri}: reading s3:// needs the s3fs package ({exc})") from exc
+    if not fs.exists(root):
+        raise FetchError(f"{uri}: not found (check the bucket, prefix and credentials)")
+    tmp.mkdir(parents=True)
+    if fs.isdir(root):
+        files = [f for f in fs.find(root) if not fs.isdir(f)]
+        for remote in files:
+            local = tmp / Path(remote).relative_to(Path(root))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+        return len(files)
+    fs.get_file(root, str(tmp / Path(root).name))
+    return 1
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    try:
+        count = fetch(args.uri, args.dest)
+    except (FetchError, ValueError, OSError) as exc:
+        print(f"kubetune fetch: {exc}", file=sys.stderr)
+        return 1
+    print(f"fetched {count} file(s) from {args.uri} to {args.dest}")
+    return 0
