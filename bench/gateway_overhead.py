@@ -134,10 +134,12 @@ def wait_http(url: str, timeout: float = 120) -> None:
             time.sleep(0.3)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), independent of what else runs."""
+def cpu_seconds(pid: int, which: str = "both") -> float:
+    """User and/or system CPU time of a process (Linux /proc), whatever else runs."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]), int(fields[12])
+    ticks = {"user": user, "system": system, "both": user + system}[which]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -162,17 +164,21 @@ def gateway_overhead(args) -> None:
             procs.append(subprocess.Popen(
                 [KUBETUNE, "serve", "--gateway-only", "--upstream", f"http://127.0.0.1:{engine_port}",
                  "--port", str(gateway_port), "--api-keys", str(tmp / "keys"), "--log-dir", str(tmp / "logs"),
-                 "--sample-rate", "1", "--safety-scorer", "offline", "--safety-action", "flag", "--log-level",
-                 "WARNING"], cwd=tmp, stdout=subprocess.DEVNULL))
+                 "--sample-rate", str(args.sample_rate), "--safety-scorer", args.safety_scorer, "--safety-action",
+                 "flag", "--log-level", "WARNING"], cwd=tmp, stdout=subprocess.DEVNULL))
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
             runs = {"direct": [], "gateway": []}
-            gateway_cpu = 0.0
+            gateway_cpu = gateway_user = engine_direct_cpu = 0.0
             for _ in range(args.rounds):  # interleaved, so background load hits both alike
                 for name, port in (("direct", engine_port), ("gateway", gateway_port)):
-                    before = cpu_seconds(procs[1].pid)
+                    before, before_user = cpu_seconds(procs[1].pid), cpu_seconds(procs[1].pid, "user")
+                    engine_before = cpu_seconds(procs[0].pid)
                     runs[name].append(asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.requests)))
                     if name == "gateway":
                         gateway_cpu += cpu_seconds(procs[1].pid) - before
+                        gateway_user += cpu_seconds(procs[1].pid, "user") - before_user
+                    else:
+                        engine_direct_cpu += cpu_seconds(procs[0].pid) - engine_before
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
@@ -180,7 +186,8 @@ def gateway_overhead(args) -> None:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        logged = sum(1 for _ in open(tmp / "logs" / "payloads.jsonl"))
+        log_file = tmp / "logs" / "payloads.jsonl"
+        logged = sum(1 for _ in open(log_file)) if log_file.exists() else 0
 
     def summary(name):
         lat = sorted(x for r in runs[name] for x in r["latencies"])
@@ -192,14 +199,18 @@ def gateway_overhead(args) -> None:
     d, g = summary("direct"), summary("gateway")
     print(f"gateway overhead: {args.clients} concurrent streaming clients x {args.requests} requests x {args.rounds} "
           f"rounds, {args.chunks} SSE chunks per answer, {args.chunk_delay_ms} ms between chunks; payload log "
-          f"sample rate 1 ({logged} records written), offline safety scorer, flag action")
+          f"sample rate {args.sample_rate} ({logged} records written), {args.safety_scorer} safety scorer, flag action")
     print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'req/s':>10}")
     for name, s in (("direct", d), ("gateway", g)):
         print(f"{name:10}{s['p50'] * 1e3:10.2f}{s['p99'] * 1e3:10.2f}{s['ttft50'] * 1e3:10.2f}{s['ttft99'] * 1e3:10.2f}"
               f"{s['rps']:10.1f}")
-    per_request = gateway_cpu / sum(r["count"] + args.clients for r in runs["gateway"])
-    print(f"gateway CPU per streamed request: {per_request * 1e3:.2f} ms ({per_request * 1e6 / (args.chunks + 2):.0f} us "
-          f"per SSE event), i.e. about {1 / per_request:.0f} streamed requests/s per core")
+    served = sum(r["count"] + args.clients for r in runs["gateway"])
+    per_request, user_per_request = gateway_cpu / served, gateway_user / served
+    print(f"gateway CPU per streamed request: {per_request * 1e3:.2f} ms, of which user (Python) "
+          f"{user_per_request * 1e3:.2f} ms and kernel {1e3 * (per_request - user_per_request):.2f} ms "
+          f"({per_request * 1e6 / (args.chunks + 2):.0f} us per SSE event); about {1 / per_request:.0f} "
+          f"streamed requests/s per core; the fake engine itself spends "
+          f"{1e3 * engine_direct_cpu / sum(r['count'] + args.clients for r in runs['direct']):.2f} ms per request")
     print(f"added p50 {1e3 * (g['p50'] - d['p50']):.2f} ms (target <= 1 ms), added p99 {1e3 * (g['p99'] - d['p99']):.2f} ms, "
           f"added TTFT p50 {1e3 * (g['ttft50'] - d['ttft50']):.2f} ms; throughput ratio gateway/direct "
           f"{g['rps'] / d['rps']:.3f} (target >= 0.95)")
@@ -268,6 +279,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per answer")
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="fake engine's pause between chunks")
+    parser.add_argument("--sample-rate", type=float, default=1.0, help="gateway payload log sample rate")
+    parser.add_argument("--safety-scorer", default="offline", choices=["offline", "none"])
     parser.add_argument("--engine-model", help="model folder for the tokens/s figure (default: SmolLM2 or tiny)")
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--engine-runs", type=int, default=3)

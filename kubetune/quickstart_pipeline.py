@@ -331,10 +331,7 @@ class QuickstartPipeline:
             self.results["files"][f"drift report ({window})"] = str(report)
         self.results["monitoring"] = figures
         self.monitor_results = {w: json.loads(Path(f["json"]).read_text()) for w, f in figures.items()}
-        return (f"normal traffic: {'DRIFT' if figures['normal']['driftDetected'] else 'no drift'} "
-                f"(share {figures['normal']['driftShare']:.2f}); shifted traffic: "
-                f"{'DRIFT' if figures['shifted']['driftDetected'] else 'no drift'} "
-                f"(share {figures['shifted']['driftShare']:.2f})")
+        return f"normal traffic: {_verdict(figures['normal'])}; shifted traffic: {_verdict(figures['shifted'])}"
 
     def decide(self) -> str:
         now = datetime.now(timezone.utc)
@@ -360,6 +357,12 @@ def _report_line(report: dict) -> str:
             parts.append(f"{report[key]} validation rows")
             break
     return ", ".join(parts) or "dataset report written"
+
+
+def _verdict(figures: dict) -> str:
+    if figures.get("status") == "insufficient_samples":
+        return f"not evaluated, {figures.get('samples')} samples are too few"
+    return f"{'DRIFT' if figures['driftDetected'] else 'no drift'} (share {figures['driftShare']:.2f})"
 
 
 def _load_deployment(path: Path):

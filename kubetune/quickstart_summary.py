@@ -72,7 +72,8 @@ def checks(results: dict) -> list[Check]:
 
     normal = _get(results, "monitoring", "normal", "driftDetected")
     shifted = _get(results, "monitoring", "shifted", "driftDetected")
-    out.append(Check("drift detected on shifted traffic only", shifted is True and normal is False,
+    evaluated = _get(results, "monitoring", "normal", "status") != "insufficient_samples"
+    out.append(Check("drift detected on shifted traffic only", shifted is True and normal is False and evaluated,
                      f"normal window: {_drift_text(results, 'normal')}; shifted window: {_drift_text(results, 'shifted')}"))
 
     decision = _get(results, "retraining", "decision")
@@ -87,6 +88,8 @@ def _drift_text(results: dict, window: str) -> str:
     figures = _get(results, "monitoring", window) or {}
     if not figures:
         return "not measured"
+    if figures.get("status") == "insufficient_samples":
+        return f"not evaluated ({figures.get('samples', '?')} samples are too few)"
     verdict = "DRIFT" if figures.get("driftDetected") else "no drift"
     return f"{verdict} (drift share {_fmt(figures.get('driftShare'), 2)}, {figures.get('samples', '?')} samples)"
 
@@ -107,7 +110,7 @@ def render(results: dict, checks_: list[Check]) -> str:
     lines = ["", "=" * 78, "kubetune quickstart: summary", "=" * 78]
     for stage in results.get("stages", []):
         status = "ok" if stage.get("ok") else "FAILED"
-        lines.append(f"  {stage['name']:<28} {status:<6} {stage.get('seconds', 0):>6.1f} s  {stage.get('detail', '')}")
+        lines.append(f"  {stage['name']:<36} {status:<6} {stage.get('seconds', 0):>6.1f} s  {stage.get('detail', '')}")
     lines.append("")
     lines.extend(_task_table(results))
     lines.append("")
@@ -118,7 +121,7 @@ def render(results: dict, checks_: list[Check]) -> str:
         lines.append("")
         lines.append("  where everything is:")
         for label, path in files.items():
-            lines.append(f"    {label:<24} {path}")
+            lines.append(f"    {label:<30} {path}")
     total = results.get("seconds")
     if total is not None:
         lines.append("")

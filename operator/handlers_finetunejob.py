@@ -112,29 +112,51 @@ async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str) -> Observ
     return Observed(engine=engine, workload=workload, pods=pods)
 
 
+async def _accepted_spec(api: KubeApi, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The spec training runs on: the one in the ConfigMap we rendered (None if absent)."""
+    meta = body["metadata"]
+    cm = await api.get(KINDS["ConfigMap"], meta["namespace"], config_map_name(meta["name"]))
+    if cm is None:
+        return None
+    return yaml.safe_load(cm["data"][CONFIG_FILE])["spec"]
+
+
 async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     """Converge one FineTuneJob: validate, render, apply children, then sync status."""
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
     now = now_rfc3339()
+    started = bool((body.get("status") or {}).get("startTime"))
+    accepted = await _accepted_spec(api, body) if started else None
     errors = validate_object(_as_manifest(body))
+    extra, drop = [], []
     if errors:
         message = "; ".join(str(e) for e in errors)
-        await _write_status(api, body, rejected_status(body, "InvalidSpec", message, now=now, failed=True))
-        return
-    job = FineTuneJob.model_validate(_as_manifest(body))
-    if job.spec.engine == "RayJob" and not await api.has_resource("ray.io/v1", "rayjobs"):
+        if accepted is None:
+            await _write_status(api, body, rejected_status(body, "InvalidSpec", message, now=now, failed=True))
+            return
+        # Training runs on the accepted spec; the invalid edit is reported, not applied.
+        job = FineTuneJob.model_validate({**_as_manifest(body), "spec": accepted})
+        spec = job.spec
+        extra.append({"type": UPDATE_REJECTED, "status": "True", "reason": "InvalidSpec",
+                      "message": f"the changed spec is invalid and is not applied: {message}"})
+    else:
+        job = FineTuneJob.model_validate(_as_manifest(body))
+        spec, rejected = effective_spec(job.spec, accepted)
+        job = job.model_copy(update={"spec": spec})
+        if rejected:
+            extra.append({
+                "type": UPDATE_REJECTED, "status": "True", "reason": "ImmutableFieldChanged",
+                "message": "training already started; these changes are ignored: " + ", ".join(rejected)
+                + ". Create a new FineTuneJob to change them (suspend, activeDeadlineSeconds, backoffLimit, deployTo "
+                "and, while suspended, placement may change).",
+            })
+        else:
+            drop.append(UPDATE_REJECTED)
+    if spec.engine == "RayJob" and not await api.has_resource("ray.io/v1", "rayjobs"):
         await _write_status(api, body, rejected_status(body, "KubeRayNotInstalled", KUBERAY_MISSING, now=now, failed=False))
         return
-
-    accepted = None
-    if (body.get("status") or {}).get("startTime"):
-        cm = await api.get(KINDS["ConfigMap"], meta["namespace"], config_map_name(meta["name"]))
-        if cm is not None:
-            accepted = yaml.safe_load(cm["data"][CONFIG_FILE])["spec"]
-    spec, rejected = effective_spec(job.spec, accepted)
-    job = job.model_copy(update={"spec": spec})
 
     owner = dict(body)
     children = [render_workload(owner, job, memo.settings), render_config_map(owner, job), *render_rbac(owner)]
@@ -150,16 +172,6 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     if created:
         events.emit(body, "Created", f"created {workload['kind']} {workload['metadata']['name']}")
 
-    extra, drop = [], []
-    if rejected:
-        extra.append({
-            "type": UPDATE_REJECTED, "status": "True", "reason": "ImmutableFieldChanged",
-            "message": "training already started; these changes are ignored: " + ", ".join(rejected)
-            + ". Create a new FineTuneJob to change them (suspend, activeDeadlineSeconds, backoffLimit, deployTo and, "
-            "while suspended, placement may change).",
-        })
-    else:
-        drop.append(UPDATE_REJECTED)
     if created:
         # A new workload has no status and no pods yet: nothing else to read.
         await _write_status(api, body, desired_status(body, Observed(spec.engine, workload, ()), now=now, extra=extra, drop=drop))

@@ -26,6 +26,7 @@ from .errors import ApiError, normalise_error_body, openai_errors
 from .metrics import GatewayMetrics
 from .openai_shapes import chunk_text, flatten_messages, flatten_prompt, response_text, validate_request
 from .payload_log import PayloadLogger, rfc3339
+from .safety_batcher import SafetyBatcher
 
 log = logging.getLogger("kubetune.serving.gateway")
 
@@ -115,6 +116,7 @@ class Gateway:
                                                                                   config.safety_endpoint)
         except ImportError as exc:
             raise ValueError(f"--safety-scorer {config.safety_scorer}: not available in this build ({exc})") from None
+        self.safety = SafetyBatcher(self.scorer) if self.scorer is not None else None
         self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed,
                                    check_interval=config.reload_interval)
         self._models: dict[str, str | None] = {}  # served name -> parent (None for a base model)
@@ -151,7 +153,9 @@ class Gateway:
         self.close_logs()
 
     def close_logs(self) -> None:
-        """Flush the payload log to disk (also called on SIGTERM)."""
+        """Score what is pending and flush the payload log to disk (also on SIGTERM). Idempotent."""
+        if self.safety is not None:
+            self.safety.close()
         if self.payloads is not None:
             self.payloads.close()
 
@@ -224,10 +228,10 @@ class Gateway:
         parent = self._models[target]
         return (target, parent, target) if parent else (target, target, None)
 
-    def _score(self, prompt: str, text: str) -> SafetyScore | None:
-        if self.scorer is None:
+    async def _score(self, prompt: str, text: str) -> SafetyScore | None:
+        if self.safety is None:
             return None
-        return self.scorer.score(prompt, text)
+        return await self.safety.score(prompt, text)
 
     # ------------------------------------------------------------------ endpoints
 
@@ -356,7 +360,8 @@ class Gateway:
         out.text = response_text(kind, answer)
         usage = answer.get("usage") or {}
         out.prompt_tokens, out.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        out.safety = self._score(out.prompt, out.text)
+        if self.config.safety_action in ("flag", "block"):  # the answer depends on the score
+            out.safety = await self._score(out.prompt, out.text)
         headers = {"x-request-id": rid}
         if out.safety is not None and out.safety.flagged:
             if self.config.safety_action in ("flag", "block"):
@@ -433,15 +438,16 @@ class Gateway:
             resp.release()
         self._assemble(kind, datas, out)
         if hold:
-            out.safety = self._score(out.prompt, out.text)
+            out.safety = await self._score(out.prompt, out.text)
             if out.safety is not None and out.safety.flagged:
                 held = [_refusal_event(kind, rid, body.get("model", "")), b"data: [DONE]\n\n"]
             for event in held:
                 await response.write(event)
-        await response.write_eof()
-        if not hold:
-            out.safety = self._score(out.prompt, out.text)
-        return response
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client hung up after the last event: it has the whole answer
+        return response  # without block, the stream is scored after the fact (in _account)
 
     def _assemble(self, kind: str, datas: list[bytes], out: _Outcome) -> None:
         parts, events = [], 0
@@ -481,6 +487,16 @@ class Gateway:
             m.tokens.labels(model=out.model, direction="in").inc(out.prompt_tokens)
         if out.completion_tokens:
             m.tokens.labels(model=out.model, direction="out").inc(out.completion_tokens)
+        if self.safety is not None and out.safety is None and out.text is not None:
+            # Scored on the safety thread; the flag metric and the log record follow from there.
+            self.safety.submit(out.prompt, out.text, lambda score: self._finish(rid, elapsed, out, score))
+        else:
+            self._finish(rid, elapsed, out, out.safety)
+
+    def _finish(self, rid: str, elapsed: float, out: _Outcome, score: SafetyScore | None) -> None:
+        """Safety metric and payload record; runs on the event loop or the safety thread."""
+        m = self.metrics
+        out.safety = score
         safety = NO_SAFETY
         if out.safety is not None:
             safety = {"flagged": out.safety.flagged, "score": out.safety.score, "categories": out.safety.categories}

@@ -101,6 +101,7 @@ class PayloadLogger:
         self._file = RotatingJsonl(self.path, max_bytes=max_bytes, backups=backups)
         self._thread = threading.Thread(target=self._run, name="payload-log-writer", daemon=True)
         self._closed = False
+        self._lock = threading.Lock()  # records arrive from the event loop and the safety thread
         self.written = 0
         self._thread.start()
 
@@ -108,23 +109,25 @@ class PayloadLogger:
 
     def record(self, rec: dict) -> bool:
         """Offer a finished request; returns whether it was sampled (written now)."""
-        sampled = self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
-        self._remember(rec["id"], rec, sampled)
-        if sampled:
-            self._enqueue(rec)
+        with self._lock:
+            sampled = self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
+            self._remember(rec["id"], rec, sampled)
+            if sampled:
+                self._enqueue(rec)
         return sampled
 
     def feedback(self, request_id: str, rating: int, comment: str | None) -> bool | None:
         """Join feedback to a recent request. None: unknown id; True: the record was written."""
-        entry = self._recent.get(request_id)
-        if entry is None:
-            return None
-        rec, written = entry
-        rec = dict(rec, feedback={"rating": rating, "comment": comment})
-        write = written or rating < 0
-        self._remember(request_id, rec, written or write)
-        if write:
-            self._enqueue(rec)
+        with self._lock:
+            entry = self._recent.get(request_id)
+            if entry is None:
+                return None
+            rec, written = entry
+            rec = dict(rec, feedback={"rating": rating, "comment": comment})
+            write = written or rating < 0
+            self._remember(request_id, rec, written or write)
+            if write:
+                self._enqueue(rec)
         return write
 
     def _remember(self, request_id: str, rec: dict, written: bool) -> None:

@@ -10,6 +10,7 @@ sees from step k on, and its losses match.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -95,10 +96,12 @@ def lr_at(step: int, total_steps: int, hp: Hyperparameters) -> float:
     return hp.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
+@functools.lru_cache(maxsize=4)
+def epoch_order(n: int, *, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded order of an epoch (cached: every micro-batch of the epoch reads it)."""
     order = list(range(n))
     random.Random(f"order:{seed}:{epoch}").shuffle(order)
-    return order
+    return tuple(order)
 
 
 def micro_batch_indices(step: int, micro: int, rank: int, plan: StepPlan, hp: Hyperparameters, seed: int) -> list[int]:

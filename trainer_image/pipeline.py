@@ -80,12 +80,28 @@ def _read_model_config(model_dir: Path) -> dict:
         raise TrainerConfigError(f"{model_dir / 'config.json'}: unreadable ({exc})") from exc
 
 
+def _check_eval_prompts_file(job: FineTuneJob) -> None:
+    uri = job.spec.evaluation.prompts_uri
+    if uri is None:
+        return
+    try:
+        path = Path(local_path(uri))
+    except ValueError as exc:
+        raise TrainerConfigError(f"spec.evaluation.promptsUri {uri!r}: {exc}") from exc
+    if not path.is_file():
+        raise TrainerConfigError(
+            f"spec.evaluation.promptsUri {uri!r}: {path} is not a file (checked before training, so "
+            "evaluation does not fail after it)"
+        )
+
+
 def preflight(job: FineTuneJob, *, base_dir: Path | None = None, cuda: bool | None = None):
     """Model folder, method and hardware checks; returns (model_dir, tokenizer). No Ray needed."""
     spec = job.spec
     model_dir = model_init.resolve_model_dir(spec, base_dir)
     methods.check_method(spec, _read_model_config(model_dir))
     model_init.check_hardware(spec, cuda=cuda)
+    _check_eval_prompts_file(job)
     tokenizer = model_init.load_tokenizer(spec, model_dir)
     return model_dir, tokenizer
 
@@ -185,6 +201,19 @@ def train(
             ray.shutdown()
 
 
+def validation_for_eval(samples: list) -> list:
+    """Preference pairs are evaluated as SFT on the chosen answer (evaluation measures loss on SFT samples)."""
+    from .data_prepare import PreferenceSample, SftSample
+
+    out = []
+    for s in samples:
+        if isinstance(s, PreferenceSample):
+            out.append(SftSample(list(s.prompt_ids) + list(s.chosen_ids), [-100] * len(s.prompt_ids) + list(s.chosen_ids)))
+        else:
+            out.append(s)
+    return out
+
+
 def load_trained_model(job: FineTuneJob, model_dir: Path, checkpoint_path: str, *, device: str = "cpu"):
     """Base model + method + the final checkpoint's tensors: the trained model, on the driver."""
     from . import checkpoint as ckpt
@@ -210,16 +239,37 @@ def run(
     base_dir: Path | None = None,
     use_ray: bool = True,
 ) -> PipelineResult:
-    """Run the whole job; `sinks` (a ProgressSink or a list of them) get progress and the result."""
-    from . import evaluation, export
+    """Run the whole job; `sinks` (a ProgressSink or a list of them) get progress and the result.
 
+    `local`: start a Ray on this machine for training; otherwise connect to the cluster this
+    pod belongs to (KubeRay sets RAY_ADDRESS), whose GPUs decide what the hardware can run.
+    """
     sink = FanOutSink(list(sinks) if isinstance(sinks, (list, tuple)) else [sinks])
+    started_ray = False
+    try:
+        if use_ray and not local:
+            started_ray = _connect_ray(False, job.spec.resources.workers)
+            cuda = _gpus_available(False)
+        else:
+            cuda = model_init.cuda_available()
+        return _run(job, output=output, local=local, sink=sink, base_dir=base_dir, use_ray=use_ray, cuda=cuda)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> PipelineResult:
+    from . import evaluation, export
+    from .errors import TrainingFailedError
+
     spec = job.spec
     output_dir = output_dir_of(job, output)
     checkpoint_dir = checkpoint_dir_of(job, output_dir)
 
     sink.on_phase("Training", "checking the model and preparing data")
-    model_dir, tokenizer = preflight(job, base_dir=base_dir, cuda=model_init.cuda_available() if local else None)
+    model_dir, tokenizer = preflight(job, base_dir=base_dir, cuda=cuda)
     data = prepare_data(job, tokenizer, base_dir=base_dir)
     write_json_atomic(output_dir / "dataset_report.json", data.report)
 
@@ -229,19 +279,19 @@ def run(
         checkpoint_dir=checkpoint_dir, local=local, sink=sink, use_ray=use_ray,
     )
     if not result.checkpoint:
-        raise TrainerConfigError(f"training wrote no checkpoint to {checkpoint_dir}")
+        raise TrainingFailedError(f"training finished but no checkpoint is in {checkpoint_dir}")
 
     sink.on_phase("Evaluating", f"{len(data.validation)} validation samples")
-    model = load_trained_model(job, model_dir, result.checkpoint)
+    device = "cuda" if model_init.cuda_available() else "cpu"
+    model = load_trained_model(job, model_dir, result.checkpoint, device=device)
 
     def base_model_fn():
-        return model_init.load_model(spec, model_dir).eval()
+        return model_init.load_model(spec, model_dir, device=device).eval()
 
     report = evaluation.evaluate_job(
         spec, tokenizer, tuned_model=model, base_model_fn=base_model_fn,
-        validation=data.validation, log=log.info,
-        # the spec's own evaluation.prompts win; else held-out rows of the validation split
-        eval_prompts=None if spec.evaluation.prompts else (data.eval_prompts or None),
+        validation=validation_for_eval(data.validation), log=log.info,
+        eval_prompts=data.eval_prompts or None,  # used when the spec names no prompts of its own
     )
     sink.on_phase("Exporting", str(output_dir))
     status = export.export_artifact(

@@ -26,6 +26,12 @@ PATHS = {
     "rolebindings": "/apis/rbac.authorization.k8s.io/v1",
     "horizontalpodautoscalers": "/apis/autoscaling/v2",
     "poddisruptionbudgets": "/apis/policy/v1",
+    "servicemonitors": "/apis/monitoring.coreos.com/v1",
+    "podmonitors": "/apis/monitoring.coreos.com/v1",
+    "prometheusrules": "/apis/monitoring.coreos.com/v1",
+    "scaledobjects": "/apis/keda.sh/v1alpha1",
+    "cronjobs": "/apis/batch/v1",
+    "leases": "/apis/coordination.k8s.io/v1",
 }
 
 

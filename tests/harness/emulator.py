@@ -18,8 +18,12 @@ label and field selectors, `as=Table` responses with the CRD's printer columns (
 Stored objects are never mutated in place (every write builds a new dict), so reads and
 watch events share them without copies; the test accessors hand out deep copies.
 
-What it does not do: validation against schemas, admission, server-side apply, controllers
-(tests simulate KubeRay and the pod lifecycle by PATCHing status over HTTP). Fault injection
+kmock's path parser also fails on `/api/v1/namespaces[/NAME]` (it reads "namespaces" as the
+namespace prefix); those requests are parsed here.
+
+What it does not do: validation against schemas, CRD defaulting (send the fields you rely on),
+admission, server-side apply, deletecollection, controllers (tests simulate KubeRay and the
+pod lifecycle by PATCHing status over HTTP). Fault injection
 (`fail_next`, `drop_watches`) lets tests exercise retries.
 """
 
@@ -28,8 +32,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
-import functools
 import datetime as dt
+import functools
 import json
 import re
 import uuid
@@ -89,6 +93,7 @@ BUILTIN_KINDS = [
     Kind("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     Kind("apps", "v1", "deployments", "Deployment", subresources=("status", "scale"), short_names=("deploy",)),
     Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
+    Kind("batch", "v1", "cronjobs", "CronJob", subresources=("status",), short_names=("cj",)),
     Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", subresources=("status",), short_names=("hpa",)),
@@ -686,6 +691,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             fields = ",".join(filter(None, [fields, f"metadata.name={request.name}"]))
         since = request.params.get("resourceVersion") or ""
         timeout = float(request.params.get("timeoutSeconds") or 0) or None
+        if since and not since.isdigit():
+            err = ApiError(400, "BadRequest", f"invalid resourceVersion {since!r}")
+            return aiohttp.web.json_response(err.status(), status=400)
 
         def wanted(obj: dict[str, Any]) -> bool:
             return (

@@ -27,6 +27,7 @@ def files(tmp_path_factory):
     return {"dir": d, "artifact": artifact, "current": current}
 
 
+@pytest.mark.slow
 def test_local_check_writes_report_and_summary_and_counts_malformed(files, capsys):
     out_json, out_html = files["dir"] / "out" / "summary.json", files["dir"] / "out" / "report.html"
     rc = main(["monitor", "--reference", str(files["artifact"]), "--current", str(files["current"]),

@@ -98,6 +98,11 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         assert st["monitoring"]["samples"] == 300
         assert cond(st, "Drifted")["status"] == "True"
         assert cond(st, "RetrainingRequested")["status"] == "False"  # drift not yet persistent (2 checks)
+        from prometheus_client import REGISTRY
+
+        share = wait_for(lambda: REGISTRY.get_sample_value("kubetune_drift_share", {"deployment": "support-bot"}),
+                         10, message="drift share gauge")
+        assert share == st["monitoring"]["driftShare"]
 
         assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
         jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 20, message="retraining FineTuneJob")
@@ -141,3 +146,40 @@ def test_suggest_sets_a_condition_and_an_event_but_creates_nothing(
                  20, message="RetrainingSuggested event")
     assert retraining_jobs(kube_http, namespace) == []
     assert kube_http.list("finetunejobs", namespace) == []
+
+
+def test_after_a_new_deploy_the_reference_moves_and_the_count_restarts(
+    k8s_emulator, kube_http, kube_client, namespace, cluster_files, tmp_path
+):
+    """No operator needed: the monitor job alone reads the new artifact and resets its count."""
+    md = modeldeployment(namespace=namespace, mode="Suggest")
+    kube_http.create("modeldeployments", namespace, md)
+    kube_http.patch_status("modeldeployments", namespace, "support-bot",
+                           {"modelUri": "pvc://models/support/v1", "lastDeployTime": "2026-11-20T00:00:00Z"})
+    assert run_monitor(kube_client, namespace, cluster_files, T0) == 0
+    assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
+    st = status(kube_http, namespace)
+    assert st["monitoring"]["consecutiveDriftChecks"] == 2 and cond(st, "RetrainingSuggested")["status"] == "True"
+
+    # The retrained model went live; its reference is today's traffic.
+    v2 = tmp_path / "pvc" / "models" / "support" / "v2"
+    v2.mkdir(parents=True)
+    (v2 / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs(300, 7, shifted_share=0.3)))
+    (v2 / "manifest.json").write_text(json.dumps({"reference": {"file": "reference.jsonl"}}))
+    kube_http.patch_status("modeldeployments", namespace, "support-bot",
+                           {"modelUri": "pvc://models/support/v2", "lastDeployTime": "2026-11-23T12:20:00Z"})
+    assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=30)) == 0
+    st = status(kube_http, namespace)
+    assert st["monitoring"]["driftDetected"] is False and st["monitoring"]["consecutiveDriftChecks"] == 0
+    assert cond(st, "Drifted")["status"] == "False"
+    assert cond(st, "RetrainingSuggested")["status"] == "False"
+
+
+def test_missing_reference_profile_sets_drifted_unknown(k8s_emulator, kube_http, kube_client, namespace,
+                                                        cluster_files, tmp_path):
+    kube_http.create("modeldeployments", namespace, modeldeployment(namespace=namespace, mode="Suggest"))
+    kube_http.patch_status("modeldeployments", namespace, "support-bot", {"modelUri": "pvc://models/nothing-here"})
+    assert run_monitor(kube_client, namespace, cluster_files, T0) == 2
+    drifted = cond(status(kube_http, namespace), "Drifted")
+    assert (drifted["status"], drifted["reason"]) == ("Unknown", "ReferenceMissing")
+    assert "nothing-here" in drifted["message"]

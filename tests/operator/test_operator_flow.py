@@ -206,3 +206,30 @@ def test_resync_recovers_a_lost_status_update(k8s_emulator, kube_http, kuberay, 
     wait_phase(kube_http, namespace, "job", "Training", timeout=20)
     assert any(m == "PATCH" and p.endswith(f"{namespace}/finetunejobs/job/status") and s == 500
                for m, p, s in k8s_emulator.requests())
+
+
+def test_invalid_edit_after_start_keeps_training_on_the_accepted_spec(kube_http, kuberay, namespace):
+    _create(kube_http, namespace)
+    kuberay.initializing("job-train")
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"method": {"type": "nope"}}})
+    cond = wait_condition(kube_http, namespace, "job", "UpdateRejected", "True", "InvalidSpec")
+    assert "spec.method.type" in cond["message"]
+    status = status_of(kube_http, namespace, "job")
+    assert status["phase"] == "Training" and "failure" not in status
+    assert kube_http.get("rayjobs", namespace, "job-train") is not None
+
+
+def test_status_is_not_rewritten_when_nothing_changed(k8s_emulator, kube_http, kuberay, namespace):
+    _create(kube_http, namespace)
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    path = f"/apis/kubetune.io/v1alpha1/namespaces/{namespace}/finetunejobs/job"
+
+    def count(method: str, suffix: str = "") -> int:
+        return sum(1 for m, p, _ in k8s_emulator.requests() if m == method and p == path + suffix)
+
+    patches, reads = count("PATCH", "/status"), count("GET")
+    wait_for(lambda: count("GET") >= reads + 2, 15, message="two resync passes re-reading the job")
+    assert count("PATCH", "/status") == patches

@@ -56,6 +56,15 @@ def test_missing_figures_fail_with_a_reason():
     assert "not measured" in verdict["drift detected on shifted traffic only"].detail
 
 
+def test_too_few_samples_is_not_called_no_drift():
+    results = good_results()
+    results["monitoring"]["normal"] = {"driftDetected": False, "driftShare": 0.0, "samples": 3,
+                                       "status": "insufficient_samples"}
+    check = by_name(results)["drift detected on shifted traffic only"]
+    assert not check.passed
+    assert "not evaluated (3 samples are too few)" in check.detail
+
+
 def test_render_shows_table_checks_and_files():
     results = good_results()
     text = render(results, checks(results))

@@ -78,3 +78,9 @@ def test_loaded_model_uses_sdpa_and_no_remote_code(make_job):
     assert model.config._attn_implementation == "sdpa"
     assert model.config.use_cache is False
     assert next(model.parameters()).dtype.is_floating_point
+
+
+def test_missing_evaluation_prompts_file_fails_before_training(make_job, tmp_path):
+    job = make_job({"evaluation": {"promptsUri": str(tmp_path / "eval.jsonl")}})
+    with pytest.raises(TrainerConfigError, match="promptsUri .* is not a file"):
+        pipeline.preflight(job)
