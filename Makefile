@@ -5,7 +5,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check -q
+# Scripts, not `python -m`: with -m the checkout root comes first on sys.path, and our operator/
+# folder would shadow the standard library's `operator` module.
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+PYTEST := $(VENV)/bin/pytest
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -19,8 +22,8 @@ export TOKENIZERS_PARALLELISM := false
 # torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
 # would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
+	test -x $(PY) || $(PYTHON) -I -m venv $(VENV)
+	$(VENV)/bin/python -I -m pip --disable-pip-version-check -q install --upgrade pip
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[dev]"
 	touch $@
@@ -35,14 +38,14 @@ tools:
 
 test: venv tools
 	$(VENV)/bin/kubetune crds check
-	$(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests
+	$(PYTEST) -q -p no:cacheprovider --timeout 900 tests
 
 test-fast: venv
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PYTEST) -q -p no:cacheprovider -m "not slow" tests
 
 # Layer contracts ([tool.importlinter] in pyproject) are checked by tests/api/test_layers.py.
 lint: venv
-	$(PY) -m pytest -q -p no:cacheprovider tests/api/test_layers.py
+	$(PYTEST) -q -p no:cacheprovider tests/api/test_layers.py
 
 crds: venv
 	$(VENV)/bin/kubetune crds generate

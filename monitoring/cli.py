@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     tuning.add_argument("--drift-share", type=float, help="share of drifted signals that counts as drift (0.5)")
     tuning.add_argument("--no-embeddings", action="store_true", help="skip the sentence-embedding signals")
     tuning.add_argument("--embedding-sample", type=int, default=500, help="pairs per side embedded (500)")
+    tuning.add_argument("--max-rows", type=int, default=5000,
+                        help="pairs per side in the drift statistics, a seeded sample beyond (5000; 0 = all)")
     tuning.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -77,6 +79,7 @@ def options_from(args: argparse.Namespace, *, min_samples: int = 200, drift_shar
         min_samples=args.min_samples if args.min_samples is not None else min_samples,
         embeddings=not args.no_embeddings,
         embedding_sample=max(1, args.embedding_sample),
+        max_rows=max(0, args.max_rows),
         seed=args.seed,
         log=_log,
     )

@@ -30,10 +30,12 @@ class DriftOptions:
     min_samples: int = 200
     """Fewer pairs than this on either side: insufficient samples, never drifted."""
     embeddings: bool = True
-    embedding_sample: int = 1000
+    embedding_sample: int = 500
     """Pairs per side embedded (a seeded sample); embedding 10k texts takes minutes on a CPU."""
-    max_rows: int = 50_000
-    """Pairs per side fed to the descriptor and content drift (a seeded sample beyond this)."""
+    max_rows: int = 5_000
+    """Pairs per side fed to the descriptor and content drift (a seeded sample beyond this; 0 = all).
+    5,000 rows estimate a classifier's ROC AUC to about +-0.01 and a K-S/Wasserstein test far below
+    our thresholds' noise; safety figures always use every row."""
     seed: int = 0
     log: Callable[[str], None] = field(default=lambda _m: None)
 
@@ -101,6 +103,7 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
         "drift_share": None,
         "signals": {},
         "samples": {"reference": len(reference), "current": len(current)},
+        "sampled": None,
         "thresholds": {"driftShare": options.drift_share, "minSamples": options.min_samples},
         "safety": safety_figures(current).to_json(),
         "checkedTime": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -117,8 +120,10 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
 
     from .evidently_adapter import TextDriftRun, embedding_drift
 
-    ref = _sample(reference, options.max_rows, options.seed)
-    cur = _sample(current, options.max_rows, options.seed + 1)
+    limit = options.max_rows if options.max_rows > 0 else max(len(reference), len(current))
+    ref = _sample(reference, limit, options.seed)
+    cur = _sample(current, limit, options.seed + 1)
+    summary["sampled"] = {"reference": len(ref), "current": len(cur)}
     columns = _columns(ref, cur)
     ref_df = pd.DataFrame({"prompt": [r.prompt for r in ref], "response": [r.response for r in ref]})
     cur_df = pd.DataFrame({"prompt": [r.prompt for r in cur], "response": [r.response for r in cur]})

@@ -202,10 +202,14 @@ class KubeApi:
 
     async def stop_workers(self) -> None:
         """Stop the queue workers of the running loop (call before the loop ends)."""
-        workers, self._workers, self._queue = self._workers, [], None
+        workers, queue, self._workers, self._queue = self._workers, self._queue, [], None
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        while queue is not None and not queue.empty():  # callers still waiting get an answer
+            *_, future = queue.get_nowait()
+            if not future.done():
+                future.set_exception(ServerError(0, "Stopped", "the operator is stopping"))
 
     def close(self) -> None:
         for task in self._workers:

@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from . import events
 from .k8s import KubeApi
 from .metrics import start_metrics_server
 from .settings import Settings
@@ -64,6 +65,7 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def _stop_api(memo: kopf.Memo, **_: Any) -> None:
+    await events.drain()
     await memo.api.stop_workers()
 
 
@@ -103,6 +105,7 @@ async def run_operator(
     if metrics_port:
         start_metrics_server(metrics_port)
     memo = kopf.Memo(api=api, settings=settings, locks={})
+    events.configure(api)
     try:
         await kopf.operator(
             clusterwide=settings.clusterwide,
@@ -114,4 +117,5 @@ async def run_operator(
             memo=memo,
         )
     finally:
+        events.configure(None)
         api.close()

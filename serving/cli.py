@@ -14,6 +14,8 @@ import os
 import sys
 
 ENV_PREFIX = "KUBETUNE_GATEWAY_"
+# Environment defaults stay strings: argparse converts them with the flag's type when `serve`
+# runs, so a bad value is an error about that flag, never a crash of every other subcommand.
 
 
 def _env(name: str, default=None):
@@ -48,34 +50,34 @@ def register(subparsers) -> None:
 
     gw = p.add_argument_group("gateway (each flag also reads KUBETUNE_GATEWAY_<NAME>)")
     gw.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (default 127.0.0.1)")
-    gw.add_argument("--port", type=int, default=int(_env("PORT", "8080")), help="port (default 8080; 0 picks a free one)")
+    gw.add_argument("--port", type=int, default=_env("PORT", "8080"), help="port (default 8080; 0 picks a free one)")
     gw.add_argument("--gateway-only", action="store_true",
                     help="no local engine: proxy to --upstream (implied by --upstream without --model)")
     gw.add_argument("--upstream", default=_env("UPSTREAM"), help="engine base URL, e.g. http://127.0.0.1:8000")
     gw.add_argument("--upstream-api-key-file", default=_env("UPSTREAM_API_KEY_FILE"),
                     help="file holding the key the engine expects (vLLM --api-key)")
-    gw.add_argument("--upstream-timeout", type=float, default=float(_env("UPSTREAM_TIMEOUT", "600")),
+    gw.add_argument("--upstream-timeout", type=float, default=_env("UPSTREAM_TIMEOUT", "600"),
                     help="seconds without a byte from the engine before 504 (default 600)")
     gw.add_argument("--api-keys", "--api-keys-file", dest="api_keys", default=_env("API_KEYS_FILE"),
                     help="file with accepted API keys, one per line, re-read on change (unset: no auth)")
     gw.add_argument("--log-dir", default=_env("LOG_DIR"), help="payload log folder (unset: no payload log)")
-    gw.add_argument("--sample-rate", type=float, default=float(_env("SAMPLE_RATE", "0.1")),
+    gw.add_argument("--sample-rate", type=float, default=_env("SAMPLE_RATE", "0.1"),
                     help="share of requests written to the payload log (default 0.1)")
     gw.add_argument("--no-redact-pii", "--no-redact", dest="redact_pii", action="store_false",
                     default=_env("REDACT_PII", "true").lower() not in ("0", "false", "no"),
                     help="write prompts without PII redaction (not recommended)")
-    gw.add_argument("--log-max-bytes", type=int, default=int(_env("LOG_MAX_BYTES", str(50 * 1024 * 1024))),
+    gw.add_argument("--log-max-bytes", type=int, default=_env("LOG_MAX_BYTES", str(50 * 1024 * 1024)),
                     help="rotate the payload log past this size (default 50 MiB)")
-    gw.add_argument("--log-backups", type=int, default=int(_env("LOG_BACKUPS", "5")),
+    gw.add_argument("--log-backups", type=int, default=_env("LOG_BACKUPS", "5"),
                     help="rotated payload logs kept (default 5)")
     gw.add_argument("--safety-scorer", "--safety", dest="safety_scorer", default=_env("SAFETY_SCORER", "offline"), choices=["offline", "llamaGuard", "none"])
     gw.add_argument("--safety-endpoint", default=_env("SAFETY_ENDPOINT"), help="Llama Guard endpoint (llamaGuard)")
     gw.add_argument("--safety-action", default=_env("SAFETY_ACTION", "flag"), choices=["log", "flag", "block"])
-    gw.add_argument("--max-request-bytes", type=int, default=int(_env("MAX_REQUEST_BYTES", str(1024 * 1024))))
-    gw.add_argument("--max-tokens", type=int, default=int(_env("MAX_TOKENS", "4096")),
+    gw.add_argument("--max-request-bytes", type=int, default=_env("MAX_REQUEST_BYTES", str(1024 * 1024)))
+    gw.add_argument("--max-tokens", type=int, default=_env("MAX_TOKENS", "4096"),
                     help="largest max_tokens a request may ask for (default 4096)")
     gw.add_argument("--canary-config", default=_env("CANARY_CONFIG"), help="canary routes JSON file (see docs/serving.md)")
-    gw.add_argument("--seed", type=int, default=None if _env("SEED") is None else int(_env("SEED")),
+    gw.add_argument("--seed", type=int, default=_env("SEED"),
                     help="seed for sampling and canary picks (reproducible tests)")
     gw.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     p.set_defaults(func=run)

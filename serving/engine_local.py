@@ -331,7 +331,10 @@ class LocalEngine:
                 await response.write(event(piece))
             try:
                 result = await future
-            except ApiError as exc:
+            except Exception as exc:  # headers are sent: the error travels as the last event
+                if not isinstance(exc, ApiError):
+                    log.exception("generation failed for %s", rid)
+                    exc = ApiError(500, f"generation failed: {exc.__class__.__name__}: {exc}"[:500])
                 await response.write(b"data: " + json.dumps(exc.body()).encode() + b"\n\n")
                 await response.write_eof()
                 return response

@@ -7,8 +7,11 @@ Clients written against the OpenAI API (the official `openai` package included) 
 from __future__ import annotations
 
 import json
+import logging
 
 from aiohttp import web
+
+log = logging.getLogger("kubetune.serving")
 
 # HTTP status -> OpenAI error type, as the OpenAI API and vLLM name them.
 _TYPES = {
@@ -88,3 +91,8 @@ async def openai_errors(request: web.Request, handler):
         if exc.status == 404:
             message = f"no route {request.method} {request.path}"
         return ApiError(exc.status, message).response()
+    except ConnectionResetError:
+        raise  # the client is gone: nobody to answer
+    except Exception as exc:  # a bug or an engine crash: answer in our shape and keep serving
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return ApiError(500, f"internal error: {exc.__class__.__name__}: {exc}"[:500]).response()

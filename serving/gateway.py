@@ -84,9 +84,10 @@ class _Outcome:
     """What one request did, gathered for metrics and the payload log."""
 
     __slots__ = ("model", "adapter", "status", "prompt", "text", "prompt_tokens", "completion_tokens", "ttft",
-                 "safety")
+                 "safety", "started")
 
     def __init__(self) -> None:
+        self.started = time.perf_counter()
         self.model = ""
         self.adapter = ""
         self.status = 200
@@ -300,8 +301,8 @@ class Gateway:
 
     async def _complete(self, request: web.Request, kind: str, path: str) -> web.StreamResponse:
         rid = "req-" + uuid.uuid4().hex
-        started = time.perf_counter()
         out = _Outcome()
+        started = out.started
         try:
             self._authorize(request)
             body = await self._read_json(request)
@@ -381,7 +382,6 @@ class Gateway:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                    "x-request-id": rid})
             await response.prepare(request)
-            started = time.perf_counter()
             datas: list[bytes] = []
             held: list[bytes] = []
             upstream_id = b""
@@ -416,8 +416,8 @@ class Gateway:
                         outgoing.append(event + b"\n\n")
                     if not outgoing:
                         continue
-                    if out.ttft is None:
-                        out.ttft = time.perf_counter() - started
+                    if out.ttft is None:  # from the request's arrival, as the client sees it
+                        out.ttft = time.perf_counter() - out.started
                     if hold:
                         held.extend(outgoing)
                     else:

@@ -63,11 +63,8 @@ async def _main(args, make_config) -> int:
     finally:
         print("kubetune serve: shutting down, flushing the payload log", file=sys.stderr, flush=True)
         for r in runners:
-            t0 = loop.time()
             await r.cleanup()
-            log.debug("stopped %s in %.2fs", r, loop.time() - t0)
         gateway.close_logs()
-        log.debug("payload log closed")
     return 0
 
 

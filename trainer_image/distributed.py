@@ -27,9 +27,12 @@ class QueueRelay:
         self.queue = queue
 
     def _put(self, method: str, *args) -> None:
+        # Fire and forget: a step never waits on a round trip to the queue actor. Calls from one
+        # worker to one actor run in submission order, and the blocking `loop_result` put
+        # comes last, so the driver has every progress line once that returns.
         try:
-            self.queue.put_nowait((method, args))
-        except Exception:  # noqa: BLE001 - a full or dead queue only loses progress lines
+            self.queue.actor.put_nowait.remote((method, args))
+        except Exception:  # noqa: BLE001 - a dead queue only loses progress lines
             log.debug("progress relay dropped %s", method, exc_info=True)
 
     def on_progress(self, progress: dict) -> None:

@@ -11,7 +11,7 @@ What it does, like the real API server: metadata bookkeeping (uid, resourceVersi
 every write, generation on spec changes only, creationTimestamp), merge / strategic-merge /
 JSON patches (a failed `test` answers 422), PUT with optimistic concurrency (409), status
 subresource semantics, finalizers and deletionTimestamp, owner-reference garbage collection
-(background cascade), watches that start from a resourceVersion (410 Gone when too old),
+(background cascade; an object created with only dangling owners is collected at once), watches that start from a resourceVersion (410 Gone when too old),
 label and field selectors, `as=Table` responses with the CRD's printer columns (so
 `kubectl get ftj` shows them), apiVersion/kind on lists.
 
@@ -540,6 +540,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return obj
         self._store[(kind.key, ns, name)] = obj
         self._emit(kind, "ADDED", obj)
+        refs = meta.get("ownerReferences") or []
+        if refs and not any(self._uid_exists(ref.get("uid")) for ref in refs):
+            # Like the garbage collector: a dependent whose owners are all gone is deleted.
+            self._delete(kind, ns, name)
         return obj
 
     def _apply_patch(self, current: dict[str, Any], request: rendering.Request) -> dict[str, Any]:

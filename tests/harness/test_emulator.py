@@ -114,6 +114,9 @@ def test_owner_reference_garbage_collection(kube_http, namespace):
     kube_http.delete("finetunejobs", namespace, "owner")
     assert kube_http.get("configmaps", namespace, "child") is None
     assert kube_http.get("configmaps", namespace, "bystander") is not None
+    # Created after its owner is gone (a late reconcile): collected too.
+    kube_http.create("configmaps", namespace, {"metadata": {"name": "late", "ownerReferences": [ref]}})
+    assert kube_http.get("configmaps", namespace, "late") is None
 
 
 def _watch(url: str, params: dict, events: list, stop_after: int) -> None:

@@ -57,3 +57,10 @@ def test_empty_window_is_insufficient():
     summary = compare(records(500, 1), [], DriftOptions()).summary
     assert summary["status"] == "insufficient_samples" and summary["drift_detected"] is False
     assert summary["samples"]["current"] == 0
+
+
+def test_large_windows_are_sampled_for_the_statistics_but_counted_whole():
+    summary = compare(records(400, 1), records(500, 2), DriftOptions(embeddings=False, max_rows=250)).summary
+    assert summary["samples"] == {"reference": 400, "current": 500}
+    assert summary["sampled"] == {"reference": 250, "current": 250}
+    assert summary["safety"]["samples"] == 500

@@ -72,6 +72,10 @@ def test_rayjob_status_drives_phases(kube_http, kuberay, namespace):
     assert find_condition(status["conditions"], "Succeeded")["status"] == "True"
     wait_for(lambda: {"Provisioning", "Training", "Succeeded"} <= {e.get("reason") for e in kube_http.list("events", namespace)},
              10, message="an Event per transition")
+    (succeeded,) = [e for e in kube_http.list("events", namespace) if e["reason"] == "Succeeded"]
+    assert succeeded["involvedObject"]["kind"] == "FineTuneJob" and succeeded["involvedObject"]["name"] == "job"
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(succeeded, "1.37.0", strict=True)
     from prometheus_client import REGISTRY  # the in-process operator exports here
 
     assert REGISTRY.get_sample_value("kubetune_finetunejobs", {"phase": "Succeeded"}) >= 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import httpx
 import openai
@@ -240,3 +239,20 @@ def test_sigterm_flushes_every_record(tmp_path, scripted):
         code = proc.terminate()
     assert code == 0
     assert [r["id"] for r in read_log(tmp_path / "logs")] == ids
+
+
+def test_llamaguard_scorer_option(loop_thread, tmp_path, scripted):
+    """`--safety-scorer llamaGuard`: verdicts come from an OpenAI-compatible guard endpoint (here a
+    scripted one answering as Llama Guard does), called off the event loop."""
+    guard = ScriptedUpstream(models=[("llama-guard", None)])
+    guard.text = "unsafe\nS9"
+    guard_url = loop_thread.serve(guard.app())
+    scripted.text = "Mix these two chemicals."
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url, safety_scorer="llamaGuard",
+                                         safety_endpoint=guard_url, safety_action="flag")
+    raw = client.chat.completions.with_raw_response.create(model="base", messages=[{"role": "user", "content": "?"}])
+    assert raw.headers["x-kubetune-safety"] == "flagged; categories=indiscriminate_weapons"
+    assert guard.seen_models == ["llama-guard"]
+    guard.text = "safe"
+    raw = client.chat.completions.with_raw_response.create(model="base", messages=[{"role": "user", "content": "?"}])
+    assert "x-kubetune-safety" not in raw.headers

@@ -141,3 +141,14 @@ def test_sft_loss_is_normalised_over_accumulated_micro_batches(make_job, sft_sam
     wb = torch.load(f"{b.checkpoint}/trainable.pt", weights_only=True)
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=5e-5)  # Adam amplifies float noise on ~0 grads
+
+
+def test_gradient_checkpointing_gives_the_same_losses(make_job, sft_samples, tokenizer, tmp_path):
+    """Recomputing activations must not change the maths (LoRA on a frozen base, dropout off)."""
+    spec = {"method": {"type": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}},
+            "hyperparameters": {"maxSteps": 3}}
+    plain = _train(make_job(spec), sft_samples, tokenizer, tmp_path / "plain")
+    spec["hyperparameters"]["gradientCheckpointing"] = True
+    recomputed = _train(make_job(spec), sft_samples, tokenizer, tmp_path / "gc")
+    assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert recomputed.losses[-1] < recomputed.losses[0]
