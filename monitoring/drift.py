@@ -58,17 +58,46 @@ class DriftResult:
 
             atomic_write_text(path, _insufficient_html(self.summary))
             return
-        atomic_write(path, lambda tmp: _save_html(self.run, tmp))
+        atomic_write(path, lambda tmp: _save_html(self.run, self.summary, tmp))
 
 
-def _save_html(run, tmp: Path) -> None:
+def _save_html(run, summary: dict, tmp: Path) -> None:
     # Evidently picks the format by extension; write to an .html name inside the temp sibling.
     html = tmp.with_name(tmp.name + ".html")
     try:
         run.save_html(html)
-        html.replace(tmp)
+        page = html.read_text(encoding="utf-8")
+        head, sep, rest = page.partition("<body>")
+        tmp.write_text(head + sep + summary_html(summary) + rest if sep else summary_html(summary) + page,
+                       encoding="utf-8")
     finally:
         html.unlink(missing_ok=True)
+
+
+def summary_html(summary: dict) -> str:
+    """Our verdict and every signal (embeddings and safety included, which Evidently's page lacks)."""
+    from html import escape
+
+    def fmt(value: Any) -> str:
+        return "" if value is None else f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td><td>{fmt(s['score'])}</td><td>{fmt(s['threshold'])}</td>"
+        f"<td>{'yes' if s['drifted'] else 'no'}</td><td>{escape(str(s['method']))}</td></tr>"
+        for name, s in sorted(summary["signals"].items())
+    )
+    safety = summary.get("safety") or {}
+    verdict = "DRIFT DETECTED" if summary["drift_detected"] else "no drift"
+    return (
+        '<section id="kubetune-summary" style="font-family:sans-serif;margin:1em">'
+        f"<h1>kubetune drift check: {verdict}</h1><p>{escape(summary.get('message', ''))}</p>"
+        f"<p>samples: reference {summary['samples']['reference']}, current {summary['samples']['current']}; "
+        f"drift share {fmt(summary['drift_share'])} (threshold {fmt(summary['thresholds']['driftShare'])})</p>"
+        "<table border=1 cellpadding=4><tr><th>signal</th><th>score</th><th>threshold</th><th>drifted</th>"
+        f"<th>method</th></tr>{rows}</table>"
+        f"<p>safety: flagged {fmt(safety.get('flagRatio'))}, PII leaks {fmt(safety.get('piiLeakRatio'))}, "
+        f"refusals {fmt(safety.get('refusalRatio'))} ({escape(str(safety.get('flagSource')))})</p></section>"
+    )
 
 
 def _insufficient_html(summary: dict) -> str:

@@ -24,7 +24,14 @@ from .conditions import find_condition, now_rfc3339, status_patch
 from .k8s import KINDS, Invalid, KubeApi, KubeError
 from .render_common import LABEL_FINETUNEJOB
 from .render_rbac import render_rbac
-from .render_training import CONFIG_FILE, config_map_name, render_config_map, render_workload, workload_name
+from .render_training import (
+    CONFIG_FILE,
+    config_map_name,
+    render_config_map,
+    render_workload,
+    suspend_owned_by_kueue,
+    workload_name,
+)
 from .status_training import Observed, desired_status, rejected_status
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ KUBERAY_MISSING = (
     "kuberay/kuberay-operator) or, for a single worker, set spec.engine: Job."
 )
 UPDATE_REJECTED = "UpdateRejected"
+MAX_JOB_NAME = 63
+"""Children carry the name as a label value, which Kubernetes limits to 63 characters."""
 
 
 def _api(memo: Any) -> KubeApi:
@@ -112,6 +121,21 @@ async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str) -> Observ
     return Observed(engine=engine, workload=workload, pods=pods)
 
 
+def workload_create_only(body: Mapping[str, Any], spec: FineTuneJobSpec) -> tuple[tuple[str, ...], ...]:
+    """Workload fields set at creation and never patched afterwards.
+
+    Under Kueue, `suspend` is Kueue's admission switch. A batch Job's pod template is
+    immutable (the API server refuses any change), so it is only sent again while the
+    user suspends the job, when its scheduling directives may change.
+    """
+    paths: list[tuple[str, ...]] = []
+    if suspend_owned_by_kueue(body) and not spec.suspend:
+        paths.append(("spec", "suspend"))
+    if spec.engine == "Job" and not spec.suspend:
+        paths.append(("spec", "template"))
+    return tuple(paths)
+
+
 async def _accepted_spec(api: KubeApi, body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The spec training runs on: the one in the ConfigMap we rendered (None if absent)."""
     meta = body["metadata"]
@@ -127,6 +151,11 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     if meta.get("deletionTimestamp"):
         return
     now = now_rfc3339()
+    if len(meta["name"]) > MAX_JOB_NAME:
+        await _write_status(api, body, rejected_status(
+            body, "InvalidSpec", f"metadata.name: at most {MAX_JOB_NAME} characters (got {len(meta['name'])}): "
+            "the name is a label value on the training pods", now=now, failed=True))
+        return
     started = bool((body.get("status") or {}).get("startTime"))
     accepted = await _accepted_spec(api, body) if started else None
     errors = validate_object(_as_manifest(body))
@@ -160,14 +189,30 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
 
     owner = dict(body)
     children = [render_workload(owner, job, memo.settings), render_config_map(owner, job), *render_rbac(owner)]
-    try:
-        # Independent objects, applied concurrently; the workload jumps the API queue (what
-        # users wait for). Its pods wait for the ConfigMap and ServiceAccount as on any cluster.
-        results = await asyncio.gather(*(api.apply(child, priority=0 if i == 0 else 1) for i, child in enumerate(children)))
-    except Invalid as exc:
-        await _write_status(api, body, rejected_status(body, "ChildRejected", f"the API server rejected a child: {exc.message}",
-                                                     now=now, failed=True))
-        return
+    # Independent objects, applied concurrently; the workload jumps the API queue (what
+    # users wait for). Its pods wait for the ConfigMap and ServiceAccount as on any cluster.
+    results = await asyncio.gather(
+        api.apply(children[0], priority=0, create_only=workload_create_only(owner, spec)),
+        *(api.apply(child, priority=1) for child in children[1:]),
+        return_exceptions=True,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    refused_updates = [e for e in failures if isinstance(e, Invalid) and e.method == "PATCH"]
+    for exc in failures:
+        if isinstance(exc, Invalid) and exc.method != "PATCH":
+            await _write_status(api, body, rejected_status(
+                body, "ChildRejected", f"the API server rejected a child: {exc.message}", now=now, failed=True))
+            return
+        if not isinstance(exc, Invalid):
+            raise exc  # transient (kopf retries with backoff) or a bug
+    if refused_updates:
+        # The children exist and keep running as they are: report the refused edit, do not fail.
+        drop = [d for d in drop if d != UPDATE_REJECTED]
+        extra.append({"type": UPDATE_REJECTED, "status": "True", "reason": "ChildUpdateRejected",
+                      "message": "the API server refused to update a child, which keeps its previous spec: "
+                      + "; ".join(e.message for e in refused_updates)})
+    if isinstance(results[0], BaseException):
+        results = [(await api.get(KINDS[spec.engine], meta["namespace"], workload_name(meta["name"], spec.engine)), False)]
     workload, created = results[0]
     if created:
         events.emit(body, "Created", f"created {workload['kind']} {workload['metadata']['name']}")

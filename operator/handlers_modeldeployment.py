@@ -80,6 +80,8 @@ def _gauge() -> Gauge:
 
 MODELDEPLOYMENTS = _gauge()
 _phases: dict[tuple[str, str], str] = {}
+for _phase in PHASES:  # every series exported at 0 from the start
+    MODELDEPLOYMENTS.labels(phase=_phase)
 
 
 def _record_phase(namespace: str, name: str, phase: str | None) -> None:

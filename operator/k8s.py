@@ -162,6 +162,18 @@ def resource_for(kind: str, api_version: str | None = None) -> Resource:
 # ----------------------------------------------------------------------------- client
 
 
+def _drop_path(doc: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove doc[path[0]][path[1]]... in place (copying the dicts on the way) if present."""
+    if not path or not isinstance(doc, dict) or path[0] not in doc:
+        return
+    if len(path) == 1:
+        del doc[path[0]]
+        return
+    inner = dict(doc[path[0]]) if isinstance(doc[path[0]], dict) else doc[path[0]]
+    doc[path[0]] = inner
+    _drop_path(inner, path[1:])
+
+
 def load_api_client(kubeconfig: str | None = None) -> Any:
     """A kubernetes ApiClient: in-cluster service account, else KUBECONFIG / ~/.kube/config."""
     import kubernetes
@@ -320,11 +332,14 @@ class KubeApi:
         except NotFound:
             return False
 
-    async def apply(self, obj: dict[str, Any], *, priority: int = 1) -> tuple[dict[str, Any], bool]:
+    async def apply(self, obj: dict[str, Any], *, priority: int = 1,
+                    create_only: tuple[tuple[str, ...], ...] = ()) -> tuple[dict[str, Any], bool]:
         """Create the object, or merge-patch it to the desired state if it exists: (object, created).
 
         Names are deterministic, so repeating an apply (a retried handler, a restarted
-        operator) never creates a duplicate. Only the fields we render are patched.
+        operator) never creates a duplicate. Only the fields we render are patched;
+        `create_only` paths (e.g. ("spec", "suspend") when Kueue owns it) are set at
+        creation and never patched afterwards.
         """
         try:
             return await self.create(obj, priority=priority), True
@@ -333,6 +348,8 @@ class KubeApi:
         res = resource_for(obj["kind"], obj.get("apiVersion"))
         meta = obj["metadata"]
         patch = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+        for path in create_only:
+            _drop_path(patch, path)
         patch["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
         return await self.patch(res, meta.get("namespace"), meta["name"], patch, priority=priority), False
 

@@ -37,6 +37,13 @@ def _refresh() -> None:
         FINETUNEJOBS.labels(phase=phase).set(counts.get(phase, 0))
 
 
+def _initialise() -> None:
+    """Export every series at 0 from the start: alerts and rate() need them before the first event."""
+    _refresh()
+    for kind in ("FineTuneJob", "ModelDeployment"):
+        RECONCILE_ERRORS.labels(kind=kind)
+
+
 def record_finetunejob_phase(namespace: str, name: str, phase: str | None) -> None:
     """Remember a job's phase (None forgets it, e.g. on deletion)."""
     with _lock:
@@ -72,3 +79,6 @@ def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
 
 def _parse(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+_initialise()

@@ -15,7 +15,8 @@ PART_OF = "kubetune"
 MANAGED_BY = "kubetune-operator"
 LABEL_FINETUNEJOB = "kubetune.io/finetunejob"
 LABEL_MODELDEPLOYMENT = "kubetune.io/modeldeployment"
-KUEUE_PASSTHROUGH = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PASSTHROUGH = (KUEUE_QUEUE_LABEL, "kueue.x-k8s.io/priority-class")
 """Labels copied from the parent to the workload so Kueue admits it into the right queue."""
 
 _INVALID = re.compile(r"[^a-z0-9-]+")

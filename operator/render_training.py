@@ -17,6 +17,7 @@ from kubetune.api import FineTuneJob
 from kubetune.api.uris import parse_uri
 
 from .render_common import (
+    KUEUE_QUEUE_LABEL,
     LABEL_FINETUNEJOB,
     child_name,
     container_security_context,
@@ -45,6 +46,15 @@ def config_map_name(job_name: str) -> str:
 def workload_name(job_name: str, engine: str = "RayJob") -> str:
     """Name of the RayJob (or Job) of a FineTuneJob."""
     return child_name(job_name, "train", max_length=RAYJOB_NAME_MAX if engine == "RayJob" else 63)
+
+
+def suspend_owned_by_kueue(body: Mapping[str, Any]) -> bool:
+    """Kueue admits workloads by unsuspending them: a queued job's workload starts suspended.
+
+    The operator then sets `suspend` only at creation and when the user suspends, so a
+    re-apply (spec edit, operator restart) never unsuspends a workload Kueue has not admitted.
+    """
+    return KUEUE_QUEUE_LABEL in (body["metadata"].get("labels") or {})
 
 
 def service_account_name(job_name: str) -> str:
@@ -170,7 +180,8 @@ def _pod_spec(
         "env": _env(body, job, settings),
         "resources": resources,
         "volumeMounts": mounts,
-        "securityContext": container_security_context(),
+        # Ray, HF and torch write only under /tmp (HOME) and /dev/shm, both emptyDirs.
+        "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
     }
     if command:
         container["command"] = command
@@ -223,7 +234,7 @@ def render_rayjob(body: Mapping[str, Any], job: FineTuneJob, settings: Settings)
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
         "backoffLimit": spec.backoff_limit,
-        "suspend": spec.suspend,
+        "suspend": spec.suspend or suspend_owned_by_kueue(body),
         "submissionMode": "K8sJobMode",
         "submitterPodTemplate": _pod_template(body, "submitter", submitter),
         "rayClusterSpec": {
@@ -266,7 +277,7 @@ def render_batch_job(body: Mapping[str, Any], job: FineTuneJob, settings: Settin
     pod["restartPolicy"] = "Never"
     job_spec: dict[str, Any] = {
         "backoffLimit": spec.backoff_limit,
-        "suspend": spec.suspend,
+        "suspend": spec.suspend or suspend_owned_by_kueue(body),
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
         "template": _pod_template(body, "worker", pod),
     }

@@ -30,22 +30,35 @@ def _escape(text: str) -> str:
 
 
 def _data_summary(report: dict | None) -> list[str]:
+    """Lines from data preparation's report (kubetune.trainer.data_report's keys)."""
     if not report:
         return ["No dataset report was recorded."]
     lines = []
-    for key, label in (
-        ("rowsIn", "Rows read"),
-        ("rowsOut", "Rows kept"),
-        ("trainRows", "Training rows"),
-        ("validationRows", "Validation rows"),
-        ("duplicates", "Duplicates removed"),
-    ):
-        if key in report:
-            lines.append(f"- {label}: {_fmt(report[key])}")
-    for key, label in (("dropped", "Dropped by reason"), ("redactions", "PII redactions")):
-        if isinstance(report.get(key), dict) and report[key]:
-            parts = ", ".join(f"{k} {v}" for k, v in sorted(report[key].items()))
-            lines.append(f"- {label}: {parts}")
+    for src in report.get("sources") or []:
+        lines.append(
+            f"- Source `{src.get('name')}` ({src.get('format')}): {_fmt(src.get('rowsUsed'))} of "
+            f"{_fmt(src.get('rowsRead'))} rows used, {_fmt(src.get('badRows', 0))} malformed"
+        )
+    if "rowsIn" in report:
+        lines.append(f"- Rows read: {_fmt(report['rowsIn'])}")
+    split = report.get("split") or {}
+    if split:
+        lines.append(f"- Training rows: {_fmt(split.get('train'))}, validation rows: {_fmt(split.get('validation'))}")
+    dup = report.get("duplicates")
+    if isinstance(dup, dict):
+        lines.append(f"- Duplicates removed: {_fmt(dup.get('exact', 0))} exact, {_fmt(dup.get('near', 0))} near")
+    elif dup is not None:
+        lines.append(f"- Duplicates removed: {_fmt(dup)}")
+    dropped = {k: v for k, v in (report.get("dropped") or {}).items() if v}
+    if dropped:
+        lines.append("- Dropped by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+    red = report.get("redactions") or {}
+    by_kind = red.get("byKind") if isinstance(red.get("byKind"), dict) else None
+    if by_kind:
+        lines.append("- PII redactions: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())))
+    tokens = (report.get("tokens") or {}).get("train")
+    if isinstance(tokens, dict) and tokens:
+        lines.append("- Training tokens per sample: " + ", ".join(f"{k} {_fmt(v)}" for k, v in tokens.items()))
     return lines or ["See dataset_report.json."]
 
 

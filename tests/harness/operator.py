@@ -39,6 +39,8 @@ class OperatorRunner:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"the operator was not ready within {timeout}s (error: {self.error!r})")
+        if self.error is not None:  # e.g. a handler module that does not import
+            raise RuntimeError(f"the operator failed to start: {self.error!r}") from self.error
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()

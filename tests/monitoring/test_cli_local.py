@@ -43,7 +43,8 @@ def test_local_check_writes_report_and_summary_and_counts_malformed(files, capsy
     assert "current.jsonl:11: not valid JSON" in err
     html = out_html.read_text()
     assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:500].lower()
-    assert "prompt" in html
+    assert "kubetune drift check: DRIFT DETECTED" in html and "prompt.content" in html
+    assert html.count("<body") == 1  # our summary sits inside Evidently's page
     assert not list(out_json.parent.glob(".*.tmp"))
 
 

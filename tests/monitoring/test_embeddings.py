@@ -41,3 +41,17 @@ def test_embedding_drift_method(encoded):
     assert shifted.drifted and shifted.score > 0.9
     assert not same.drifted and same.score < 0.55
     assert shifted.method.startswith("embedding domain classifier")
+
+
+def test_compare_adds_embedding_signals_for_both_columns(encoded):
+    from kubetune.monitoring.drift import DriftOptions, compare
+    from kubetune.monitoring.records import record_from_row
+
+    ref = [record_from_row(r) for r in pairs(40, 21)]
+    cur = [record_from_row(r) for r in pairs(40, 22, shifted_share=1.0)]
+    summary = compare(ref, cur, DriftOptions(min_samples=10, embedding_sample=40)).summary
+    for col in ("prompt", "response"):
+        signal = summary["signals"][f"{col}.embedding"]
+        assert signal["method"].startswith("embedding domain classifier") and signal["threshold"] == 0.55
+        assert signal["drifted"] is True, signal
+    assert summary["drift_detected"] is True

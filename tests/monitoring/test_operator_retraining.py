@@ -87,7 +87,7 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
     kube_http.create("modeldeployments", namespace, modeldeployment(namespace=namespace, mode="Auto"))
     with OperatorRunner(k8s_emulator.kubeconfig):
         cron = wait_for(lambda: kube_http.http.get(
-            f"/apis/batch/v1/namespaces/{namespace}/cronjobs/support-bot-monitor").status_code == 200, 20,
+            f"/apis/batch/v1/namespaces/{namespace}/cronjobs/support-bot-monitor").status_code == 200, 60,
             message="monitor CronJob")
         assert cron
         assert kube_http.get("roles", namespace, "support-bot-monitor")["rules"][0]["resourceNames"] == ["support-bot"]
@@ -101,14 +101,14 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         from prometheus_client import REGISTRY
 
         share = wait_for(lambda: REGISTRY.get_sample_value("kubetune_drift_share", {"deployment": "support-bot"}),
-                         10, message="drift share gauge")
+                         30, message="drift share gauge")
         assert share == st["monitoring"]["driftShare"]
 
         assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
-        jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 20, message="retraining FineTuneJob")
+        jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 60, message="retraining FineTuneJob")
     assert len(jobs) == 1
     job = jobs[0]
-    st = wait_for(lambda: (s := status(kube_http, namespace)).get("lastRetrainJob") and s, 5)
+    st = wait_for(lambda: (s := status(kube_http, namespace)).get("lastRetrainJob") and s, 30)
     assert st["lastRetrainJob"] == job["metadata"]["name"] and len(st["retrainJobs"]) == 1
     assert cond(st, "RetrainingRequested")["reason"] == "JobCreated"
     traffic = job["spec"]["datasets"][-1]
@@ -123,7 +123,7 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
     others = [c for c in st["conditions"] if c["type"] != "RetrainingRequested"]
     kube_http.patch_status("modeldeployments", namespace, "support-bot", {"conditions": [*others, requested]})
     with OperatorRunner(k8s_emulator.kubeconfig):
-        wait_for(lambda: cond(status(kube_http, namespace), "RetrainingRequested")["status"] == "False", 20)
+        wait_for(lambda: cond(status(kube_http, namespace), "RetrainingRequested")["status"] == "False", 60)
         # A third drifted check while the job still runs: the policy holds back.
         assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=30)) == 0
         st = status(kube_http, namespace)
@@ -143,7 +143,7 @@ def test_suggest_sets_a_condition_and_an_event_but_creates_nothing(
         assert cond(st, "RetrainingSuggested")["status"] == "True"
         assert cond(st, "RetrainingSuggested")["reason"] == "PersistentDrift"
         wait_for(lambda: [e for e in kube_http.list("events", namespace) if e.get("reason") == "RetrainingSuggested"],
-                 20, message="RetrainingSuggested event")
+                 60, message="RetrainingSuggested event")
     assert retraining_jobs(kube_http, namespace) == []
     assert kube_http.list("finetunejobs", namespace) == []
 

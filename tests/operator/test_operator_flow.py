@@ -237,3 +237,120 @@ def test_status_is_not_rewritten_when_nothing_changed(k8s_emulator, kube_http, k
     patches, reads = count("PATCH", "/status"), count("GET")
     wait_for(lambda: count("GET") >= reads + 2, 15, message="two resync passes re-reading the job")
     assert count("PATCH", "/status") == patches
+
+
+def test_kueue_owns_suspend_of_a_queued_rayjob(kube_http, kuberay, namespace):
+    """Created suspended for Kueue to admit; re-applies never flip `suspend` either way."""
+    rayjob = _create(kube_http, namespace, labels={"kueue.x-k8s.io/queue-name": "gpu"})
+    assert rayjob["spec"]["suspend"] is True
+    kuberay.suspended("job-train")
+    wait_phase(kube_http, namespace, "job", "Queued")
+    # A mutable edit before admission re-applies the RayJob: it must stay suspended.
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 60}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 60, 10,
+             message="deadline applied")
+    assert kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is True
+    # Kueue admits (unsuspends); a later edit must not suspend it again.
+    kube_http.patch("rayjobs", namespace, "job-train", {"spec": {"suspend": False}})
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 120}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 120, 10,
+             message="deadline applied")
+    assert kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is False
+    # The user's own suspend still goes through.
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"suspend": True}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is True, 10, message="suspended")
+
+
+def test_name_too_long_for_a_label_is_rejected_without_children(kube_http, namespace):
+    name = "n" * 64
+    kube_http.create("finetunejobs", namespace, ftj_manifest(name, namespace))
+    cond = wait_condition(kube_http, namespace, name, "Accepted", "False", "InvalidSpec")
+    assert "metadata.name" in cond["message"] and "63" in cond["message"]
+    assert status_of(kube_http, namespace, name)["phase"] == "Failed"
+    assert not [c for c in kube_http.list("configmaps", namespace) if c["metadata"]["name"].startswith("nnnn")]
+    assert not kube_http.list("rayjobs", namespace)
+
+
+def test_trainer_reports_through_its_sink_and_the_operator_keeps_them(kube_http, kube_client, kuberay, namespace):
+    """The real in-pod status sink writes phase, artifact and evaluation; later operator writes keep them."""
+    from kubetune.status_writer import FineTuneJobStatusSink
+
+    _create(kube_http, namespace)
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    sink = FineTuneJobStatusSink(namespace, "job", api_client=kube_client, min_interval=0)
+    sink.on_progress({"step": 20, "totalSteps": 20, "loss": 0.5})
+    sink.on_phase("Evaluating")
+    artifact = {"uri": "pvc://models/support-lora", "kind": "adapter", "digest": "sha256:" + "0" * 64}
+    evaluation = {"metrics": {"evalLoss": 0.9}, "passed": True}
+    sink.on_result({"artifact": artifact, "evaluation": evaluation})
+    sink.close()
+    # A RayJob event while the trainer evaluates: the operator must not reset the phase.
+    kuberay.pod("job-worker-0", WORKER_LABELS, {"phase": "Running"})
+    kuberay.running("job-train")
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["status"]["jobStatus"] == "RUNNING", 5)
+    assert wait_phase(kube_http, namespace, "job", "Evaluating")["artifact"] == artifact
+    kuberay.complete("job-train")
+    status = wait_phase(kube_http, namespace, "job", "Succeeded")
+    assert status["artifact"] == artifact and status["evaluation"] == evaluation
+    assert status["progress"]["step"] == 20
+
+
+def test_refused_child_update_is_reported_and_training_goes_on(k8s_emulator, kube_http, kuberay, namespace):
+    """A 422 on re-applying an existing RayJob (e.g. a webhook) is an UpdateRejected condition, not a failure."""
+    _create(kube_http, namespace)
+    kuberay.running("job-train")
+    wait_phase(kube_http, namespace, "job", "Training")
+    k8s_emulator.fail_next("PATCH", rf"/namespaces/{namespace}/rayjobs/job-train$", 422)
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 90}})
+    cond = wait_condition(kube_http, namespace, "job", "UpdateRejected", "True", "ChildUpdateRejected")
+    assert "keeps its previous spec" in cond["message"]
+    status = status_of(kube_http, namespace, "job")
+    assert status["phase"] == "Training" and find_condition(status["conditions"], "Failed")["status"] == "False"
+    # The next edit goes through and clears the condition.
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 120}})
+    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 120, 10,
+             message="deadline applied")
+    wait_for(lambda: find_condition(status_of(kube_http, namespace, "job")["conditions"], "UpdateRejected") is None, 10,
+             message="UpdateRejected cleared")
+
+
+def test_refused_child_create_fails_the_job_with_the_servers_message(k8s_emulator, kube_http, namespace):
+    k8s_emulator.fail_next("POST", rf"/namespaces/{namespace}/rayjobs$", 422)
+    kube_http.create("finetunejobs", namespace, ftj_manifest("refused", namespace))
+    cond = wait_condition(kube_http, namespace, "refused", "Accepted", "False", "ChildRejected")
+    assert "rejected a child" in cond["message"]
+    assert status_of(kube_http, namespace, "refused")["phase"] == "Failed"
+
+
+def test_engine_job_template_is_never_patched_while_running(kube_http, namespace):
+    """A batch Job's pod template is immutable: edits patch only the mutable fields."""
+    spec = {**minimal_spec(), "engine": "Job", "resources": {"workers": 1, "gpusPerWorker": 0}}
+    kube_http.create("finetunejobs", namespace, ftj_manifest("single", namespace, spec=spec))
+    job = wait_for(lambda: kube_http.get("jobs", namespace, "single-train"), 15, message="batch Job")
+    # As if an older operator had rendered it: a real API server would refuse to change it.
+    old_template = job["spec"]["template"]
+    old_template["spec"]["containers"][0]["image"] = "registry.example/trainer:older"
+    kube_http.patch("jobs", namespace, "single-train", {"spec": {"template": old_template}})
+    kube_http.patch("finetunejobs", namespace, "single", {"spec": {"activeDeadlineSeconds": 300}})
+    wait_for(lambda: kube_http.get("jobs", namespace, "single-train")["spec"].get("activeDeadlineSeconds") == 300, 10,
+             message="deadline applied")
+    after = kube_http.get("jobs", namespace, "single-train")
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/trainer:older"
+
+
+def test_workload_create_only_fields():
+    from kubetune.api import FineTuneJobSpec
+    from kubetune.operator.handlers_finetunejob import workload_create_only
+
+    def paths(labels=None, **spec):
+        body = {"metadata": {"name": "j", "namespace": "ns", "labels": labels or {}}}
+        return workload_create_only(body, FineTuneJobSpec.model_validate({**minimal_spec(), **spec}))
+
+    assert paths() == ()
+    assert paths({"kueue.x-k8s.io/queue-name": "q"}) == (("spec", "suspend"),)
+    assert paths({"kueue.x-k8s.io/queue-name": "q"}, suspend=True) == ()
+    assert paths(engine="Job", resources={"workers": 1}) == (("spec", "template"),)
+    assert paths(engine="Job", resources={"workers": 1}, suspend=True) == ()

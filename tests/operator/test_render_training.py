@@ -101,7 +101,9 @@ def test_rayjob_wiring():
     rayjob = _render_all(doc)[-1]
     spec = rayjob["spec"]
     assert shlex.split(spec["entrypoint"]) == ["kubetune", "train", "--config", CONFIG_PATH]
-    assert spec["suspend"] is False and spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 7200
+    # Kueue admits a queued workload by unsuspending it, so it is created suspended.
+    assert spec["suspend"] is True and spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 7200
+    assert _render_all(body(spec=full_spec()))[-1]["spec"]["suspend"] is False
     assert spec["shutdownAfterJobFinishes"] is True
     workers = spec["rayClusterSpec"]["workerGroupSpecs"][0]
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
@@ -174,3 +176,32 @@ def test_suspend_and_job_engine():
     assert job["kind"] == "Job" and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["kubetune", "train", "--config", CONFIG_PATH]
     assert "nvidia.com/gpu" not in job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+
+def _containers(workload: dict) -> list[dict]:
+    spec = workload["spec"]
+    if workload["kind"] == "Job":
+        templates = [spec["template"]]
+    else:
+        cluster = spec["rayClusterSpec"]
+        templates = [spec["submitterPodTemplate"], cluster["headGroupSpec"]["template"],
+                     *(g["template"] for g in cluster["workerGroupSpecs"])]
+    return [(t["spec"], c) for t in templates for c in t["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("case", ["rayjob-full", "job-engine"])
+def test_every_training_container_is_locked_down_and_shell_free(case):
+    """Non-root, no capabilities, read-only root with /tmp (HOME) and /dev/shm as emptyDirs."""
+    workload = _render_all(CASES[case]())[-1]
+    pairs = _containers(workload)
+    assert len(pairs) == (1 if case == "job-engine" else 3)
+    for pod, container in pairs:
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["allowPrivilegeEscalation"] is False and pod["securityContext"]["runAsNonRoot"] is True
+        assert all(isinstance(container.get(key, []), list) for key in ("command", "args"))
+        assert not {"sh", "bash", "/bin/sh", "/bin/bash"} & set(container.get("command", []))
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in emptydirs}
+        assert {"/tmp", "/dev/shm", env["HOME"]} <= writable

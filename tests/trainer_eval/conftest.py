@@ -49,6 +49,13 @@ def validation(tokenizer):
 def prepared():
     return SimpleNamespace(
         digest="sha256:" + "ab" * 32,
-        report={"rowsIn": 7, "rowsOut": 5, "duplicates": 1, "dropped": {"empty": 1}, "redactions": {"email": 2}},
+        report={  # the shape of kubetune.trainer.data_report
+            "rowsIn": 7,
+            "sources": [{"name": "demo", "format": "alpaca", "rowsRead": 7, "rowsUsed": 6, "badRows": 1}],
+            "dropped": {"empty": 1, "badRow": 1, "tooLong": 0},
+            "duplicates": {"exact": 1, "near": 0, "mode": "exact"},
+            "redactions": {"byKind": {"email": 2}, "rows": 1, "total": 2, "enabled": True},
+            "split": {"train": 4, "validation": 1, "validationSplit": 0.1},
+        },
         reference=[{"prompt": p, "response": r} for p, r in PAIRS],
     )

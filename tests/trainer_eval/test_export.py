@@ -137,7 +137,10 @@ def test_model_card_renders_metrics_and_gates(lora_model, tokenizer, tmp_path, t
     assert "| evalLoss <= 2 | 1.25 | passed |" in card
     assert "All gates passed" in card
     assert "## Intended use" in card and "## Limitations" in card
-    assert "Duplicates removed: 1" in card
+    assert "- Source `demo` (alpaca): 6 of 7 rows used, 1 malformed" in card
+    assert "- Duplicates removed: 1 exact, 0 near" in card
+    assert "- Dropped by reason: badRow 1, empty 1" in card
+    assert "- PII redactions: email 2" in card
 
 
 def test_failure_mid_export_keeps_the_previous_artifact_and_checkpoints(
