@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-KUBETUNE = str(Path(sys.executable).with_name("kubetune"))
+# KUBETUNE_BIN: another `kubetune` build to measure (an A/B run against an older gateway).
+KUBETUNE = os.environ.get("KUBETUNE_BIN") or str(Path(sys.executable).with_name("kubetune"))
 SMOLLM2_CANDIDATES = [
     Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/models")) / "HuggingFaceTB" / "SmolLM2-135M-Instruct",
     REPO / "out" / "models" / "SmolLM2-135M-Instruct",
@@ -108,12 +109,12 @@ async def load(base: str, clients: int, requests: int) -> dict:
         async def client():
             return [await one_request(session, url, body, headers) for _ in range(requests)]
 
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         results = await asyncio.gather(*(client() for _ in range(clients)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     latencies = sorted(x[0] for r in results for x in r)
     ttfts = sorted(x[1] for r in results for x in r)
-    return {"latencies": latencies, "ttfts": ttfts, "wall": wall, "count": len(latencies)}
+    return {"latencies": latencies, "ttfts": ttfts, "wall": wall, "count": len(latencies), "cpu": cpu}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -168,7 +169,8 @@ def gateway_overhead(args) -> None:
                  "flag", "--log-level", "WARNING"], cwd=tmp, stdout=subprocess.DEVNULL))
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
             runs = {"direct": [], "gateway": []}
-            gateway_cpu = gateway_user = engine_direct_cpu = 0.0
+            gateway_cpu = gateway_user = engine_direct_cpu = engine_gateway_cpu = 0.0
+            loads = [os.getloadavg()[0]]
             for _ in range(args.rounds):  # interleaved, so background load hits both alike
                 for name, port in (("direct", engine_port), ("gateway", gateway_port)):
                     before, before_user = cpu_seconds(procs[1].pid), cpu_seconds(procs[1].pid, "user")
@@ -177,8 +179,16 @@ def gateway_overhead(args) -> None:
                     if name == "gateway":
                         gateway_cpu += cpu_seconds(procs[1].pid) - before
                         gateway_user += cpu_seconds(procs[1].pid, "user") - before_user
+                        engine_gateway_cpu += cpu_seconds(procs[0].pid) - engine_before
                     else:
                         engine_direct_cpu += cpu_seconds(procs[0].pid) - engine_before
+                    loads.append(os.getloadavg()[0])
+            # The safety scorer lingers up to 1 s to fill a batch: wait for its last batch,
+            # whose CPU belongs to the gateway's work.
+            tail, tail_user = cpu_seconds(procs[1].pid), cpu_seconds(procs[1].pid, "user")
+            time.sleep(2.0)
+            gateway_cpu += cpu_seconds(procs[1].pid) - tail
+            gateway_user += cpu_seconds(procs[1].pid, "user") - tail_user
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
@@ -204,6 +214,7 @@ def gateway_overhead(args) -> None:
     for name, s in (("direct", d), ("gateway", g)):
         print(f"{name:10}{s['p50'] * 1e3:10.2f}{s['p99'] * 1e3:10.2f}{s['ttft50'] * 1e3:10.2f}{s['ttft99'] * 1e3:10.2f}"
               f"{s['rps']:10.1f}")
+    print(f"machine: {os.cpu_count()} CPUs, load average (1 min) {min(loads):.1f}-{max(loads):.1f} during the run")
     served = sum(r["count"] + args.clients for r in runs["gateway"])
     per_request, user_per_request = gateway_cpu / served, gateway_user / served
     print(f"gateway CPU per streamed request: {per_request * 1e3:.2f} ms, of which user (Python) "
@@ -211,6 +222,12 @@ def gateway_overhead(args) -> None:
           f"({per_request * 1e6 / (args.chunks + 2):.0f} us per SSE event); about {1 / per_request:.0f} "
           f"streamed requests/s per core; the fake engine itself spends "
           f"{1e3 * engine_direct_cpu / sum(r['count'] + args.clients for r in runs['direct']):.2f} ms per request")
+    engine_per_request = engine_gateway_cpu / served
+    client_per_request = sum(r["cpu"] for r in runs["direct"]) / sum(r["count"] for r in runs["direct"])
+    rest = engine_per_request + client_per_request
+    print(f"CPU per request: gateway {per_request * 1e3:.2f} ms, fake engine {engine_per_request * 1e3:.2f} ms, "
+          f"load generator {client_per_request * 1e3:.2f} ms: when all three share the same saturated cores, "
+          f"through-gateway throughput can be at most {rest / (rest + per_request):.2f} of direct")
     print(f"added p50 {1e3 * (g['p50'] - d['p50']):.2f} ms (target <= 1 ms), added p99 {1e3 * (g['p99'] - d['p99']):.2f} ms, "
           f"added TTFT p50 {1e3 * (g['ttft50'] - d['ttft50']):.2f} ms; throughput ratio gateway/direct "
           f"{g['rps'] / d['rps']:.3f} (target >= 0.95)")

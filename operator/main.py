@@ -56,6 +56,8 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     kopf_settings.watching.reconnect_backoff = 0.5
     kopf_settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
     kopf_settings.batching.idle_timeout = 60
+    # On shutdown, a ModelDeployment resync already under way may finish (it patches status).
+    kopf_settings.background.instant_exit_timeout = 5.0
 
 
 @kopf.on.startup()

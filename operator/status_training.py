@@ -129,7 +129,8 @@ def rayjob_state(rayjob: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *
     if deployment == "Complete" and job_status == "SUCCEEDED":
         return State(phase="Succeeded", running=(False, "Completed", "training finished"),
                      succeeded=(True, "Completed", "training, evaluation and export finished"), finished=True, **common)
-    if deployment == "Failed" or (deployment == "Complete" and job_status in ("FAILED", "STOPPED")):
+    # ValidationFailed: KubeRay refused the RayJob itself (reason and message say why).
+    if deployment in ("Failed", "ValidationFailed") or (deployment == "Complete" and job_status in ("FAILED", "STOPPED")):
         failure = rayjob_failure(st, cause, backoff_limit=backoff_limit, failed=failed)
         return State(phase="Failed", running=(False, failure.reason, failure.message),
                      failed=(True, failure.reason, failure.message), failure=failure, finished=True, **common)

@@ -478,15 +478,16 @@ class Gateway:
     def _account(self, rid: str, started: float, out: _Outcome) -> None:
         elapsed = time.perf_counter() - started
         m = self.metrics
-        m.requests.labels(model=out.model, adapter=out.adapter, status=str(out.status)).inc()
+        m.request_counter(out.model, out.adapter, out.status).inc()
         if out.status != 200:
             return
-        m.duration.labels(model=out.model).observe(elapsed)
-        m.ttft.labels(model=out.model).observe(out.ttft if out.ttft is not None else elapsed)
+        series = m.for_model(out.model)
+        series.duration.observe(elapsed)
+        series.ttft.observe(out.ttft if out.ttft is not None else elapsed)
         if out.prompt_tokens:
-            m.tokens.labels(model=out.model, direction="in").inc(out.prompt_tokens)
+            series.tokens_in.inc(out.prompt_tokens)
         if out.completion_tokens:
-            m.tokens.labels(model=out.model, direction="out").inc(out.completion_tokens)
+            series.tokens_out.inc(out.completion_tokens)
         if self.safety is not None and out.safety is None and out.text is not None:
             # Scored on the safety thread; the flag metric and the log record follow from there.
             self.safety.submit(out.prompt, out.text, lambda score: self._finish(rid, elapsed, out, score))

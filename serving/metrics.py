@@ -6,11 +6,22 @@ benchmark) without clashing, and /metrics shows exactly this gateway's series.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ModelSeries(NamedTuple):
+    """One model's labelled children, looked up once rather than on every request."""
+
+    duration: object
+    ttft: object
+    tokens_in: object
+    tokens_out: object
 
 
 class GatewayMetrics:
@@ -43,6 +54,25 @@ class GatewayMetrics:
             "kubetune_gateway_canary_weight", "Percent of an adapter's traffic sent to its canary version.",
             ["adapter"], registry=r,
         )
+
+        self._per_model: dict[str, ModelSeries] = {}
+        self._request_counters: dict[tuple[str, str, int], object] = {}
+
+    def for_model(self, model: str) -> ModelSeries:
+        series = self._per_model.get(model)
+        if series is None:
+            series = self._per_model[model] = ModelSeries(
+                self.duration.labels(model=model), self.ttft.labels(model=model),
+                self.tokens.labels(model=model, direction="in"), self.tokens.labels(model=model, direction="out"))
+        return series
+
+    def request_counter(self, model: str, adapter: str, status: int):
+        key = (model, adapter, status)
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self._request_counters[key] = self.requests.labels(model=model, adapter=adapter,
+                                                                      status=str(status))
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

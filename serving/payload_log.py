@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import random
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from kubetune.common.pii import redact
 
 log = logging.getLogger("kubetune.serving.payload_log")
 
-_STOP = object()
 
 
 def rfc3339(ts: float) -> str:
@@ -88,6 +86,7 @@ class PayloadLogger:
         buffer_size: int = 10_000,
         filename: str = "payloads.jsonl",
         seed: int | None = None,
+        flush_interval: float = 0.1,
     ):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample rate must be within [0, 1], got {sample_rate}")
@@ -97,7 +96,12 @@ class PayloadLogger:
         self.buffer_size = buffer_size
         self._random = random.Random(seed)
         self._recent: OrderedDict[str, tuple[dict, bool]] = OrderedDict()  # id -> (record, written)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Appending to a deque wakes nobody: the writer drains it every `flush_interval`
+        # seconds (a thread switch per record would cost more than the record itself).
+        self._pending: deque = deque()
+        self._wake = threading.Event()
+        self.flush_interval = flush_interval
+        self._stopping = False
         self._file = RotatingJsonl(self.path, max_bytes=max_bytes, backups=backups)
         self._thread = threading.Thread(target=self._run, name="payload-log-writer", daemon=True)
         self._closed = False
@@ -140,7 +144,7 @@ class PayloadLogger:
         if self._closed:
             log.error("payload log closed; dropping record %s", rec.get("id"))
             return
-        self._queue.put(rec)
+        self._pending.append(rec)
 
     # ---- writer thread
 
@@ -157,16 +161,24 @@ class PayloadLogger:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            try:
-                self._file.write(self._encode(item))
-                self.written += 1
-                if self._queue.empty():
+            self._wake.wait(self.flush_interval)
+            stopping = self._stopping  # read first: what was queued before the stop is written
+            wrote = False
+            while self._pending:
+                item = self._pending.popleft()
+                try:
+                    self._file.write(self._encode(item))
+                    self.written += 1
+                    wrote = True
+                except Exception:  # a bad record or a full disk must not kill the writer
+                    log.exception("payload log: could not write record %s", item.get("id"))
+            if wrote:
+                try:
                     self._file.flush()
-            except Exception:  # a bad record or a full disk must not kill the writer
-                log.exception("payload log: could not write record %s", item.get("id"))
+                except OSError:
+                    log.exception("payload log: flush failed")
+            if stopping:
+                break
         self._file.close()
 
     def close(self) -> None:
@@ -174,5 +186,6 @@ class PayloadLogger:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._stopping = True
+        self._wake.set()
         self._thread.join()

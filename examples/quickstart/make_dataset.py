@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/quickstart/data", help="output folder (default: out/quickstart/data)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--train", type=int, default=480, help="training examples (default 480)")
-    parser.add_argument("--eval", type=int, default=16, help="held-out evaluation prompts (default 16)")
+    parser.add_argument("--eval", type=int, default=12, help="held-out evaluation prompts (default 12)")
     parser.add_argument("--traffic", type=int, default=40, help="held-out prompts for live traffic (default 40)")
     parser.add_argument("--shifted", type=int, default=40, help="off-topic prompts for live traffic (default 40)")
     args = parser.parse_args(argv)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
+import urllib.request
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +44,9 @@ def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") ->
     tmp.write_text(yaml.safe_dump(config))
     tmp.replace(path)
     return path
+
+
+BUILTIN_NAMESPACES = ("default", "kube-system")
 
 
 class RunningEmulator:
@@ -79,6 +84,12 @@ class RunningEmulator:
         if self._error is not None:
             raise RuntimeError("the Kubernetes emulator failed to start") from self._error
         write_kubeconfig(self.kubeconfig, self.url)
+        for name in BUILTIN_NAMESPACES:  # as on a real cluster: `-n default` works at once
+            body = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}).encode()
+            request = urllib.request.Request(f"{self.url}/api/v1/namespaces", data=body, method="POST",
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10):
+                pass
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:

@@ -165,3 +165,8 @@ def test_table_output_uses_printer_columns(k8s_emulator, kube_http, namespace):
     assert names[:3] == ["Name", "Phase", "Method"] and "Loss" in names
     row = dict(zip(names, table["rows"][0]["cells"]))
     assert row["Name"] == "tbl" and row["Phase"] == "Training" and row["Progress"] == 7 and row["Loss"] == 0.5
+
+
+def test_builtin_namespaces_exist_like_on_a_real_cluster(kube_http):
+    """kopf watching `-n default` lists namespaces first: without these it would watch nothing."""
+    assert {"default", "kube-system"} <= {ns["metadata"]["name"] for ns in kube_http.list("namespaces", None)}

@@ -22,6 +22,21 @@ T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module", autouse=True)
+def heavy_imports_before_the_operator_thread():
+    """Import Evidently & co. before kopf's thread starts: CPython 3.11's ast.parse is not thread-safe
+    ("AST constructor recursion depth mismatch") and pytest's import hook parses plugin modules
+    (anyio's) while the operator thread imports too. In production they are separate processes."""
+    import evidently  # noqa: F401
+    import evidently.descriptors  # noqa: F401
+    import evidently.metrics  # noqa: F401
+    import vaderSentiment.vaderSentiment  # noqa: F401
+
+    from kubetune.common.safety import OfflineScorer
+
+    OfflineScorer().score("warm", "up")  # loads the optional toxicity model
+
+
+@pytest.fixture(scope="module", autouse=True)
 def cronjobs_served(k8s_emulator):
     """The shared emulator has no CronJob kind built in (tests/harness is not ours): add it."""
     from tests.harness.emulator import Kind

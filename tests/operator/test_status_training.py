@@ -152,3 +152,11 @@ def test_rejected_status_names_every_error():
 def test_pod_cause_priority():
     assert pod_cause([pod(unschedulable()), pod(oom_killed())]).reason == "OOMKilled"
     assert pod_cause([pod({"phase": "Running"})]) is None
+
+
+def test_kuberay_validation_failure_fails_the_job_with_kuberays_message():
+    message = "RayJob name should be no more than 47 characters"
+    (status,) = run([Observed(workload=rayjob(jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+                                              message=message))])
+    assert status["phase"] == "Failed" and status["failure"] == {"reason": "ValidationFailed", "message": message}
+    assert cond(status, "Failed") == ("True", "ValidationFailed") and status["completionTime"]

@@ -150,13 +150,12 @@ class Operator:
         self.thread = threading.Thread(target=self._run, name="kopf-serving", daemon=True)
 
     def _run(self) -> None:
+        from kubetune.operator.main import configure_kopf
+
         settings = kopf.OperatorSettings()
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="kubetune.io", key="last-handled-configuration")
+        configure_kopf(settings)  # the production bookkeeping: annotations, our finalizer
         settings.posting.level = 100  # no Events: fewer writes, nothing asserted on them here
         settings.watching.server_timeout = 30
-        settings.background.instant_exit_timeout = 5.0  # let a running resync finish on shutdown
         try:
             asyncio.run(kopf.operator(
                 registry=self.registry, settings=settings, clusterwide=True, standalone=True,

@@ -120,6 +120,8 @@ def test_gates_passed_deploys_and_readiness_makes_it_ready(http, ns, kubectl):
     assert status["servedModels"] == ["chat-base", "chat"]
     assert status["readyReplicas"] == 1
     assert status["modelUri"] == "pvc://artifacts/ft-ok/adapter"
+    # kopf's timer needs a finalizer (docs/deploying-models.md, troubleshooting)
+    assert "kubetune.io/finalizer" in http.get("modeldeployments", ns, "chat")["metadata"]["finalizers"]
     assert REGISTRY.get_sample_value("kubetune_modeldeployments", {"phase": "Ready"}) >= 1
     table = kubectl("get", "mdep", "chat", "-n", ns)
     assert "Ready" in table.splitlines()[1], table
