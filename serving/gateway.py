@@ -181,7 +181,12 @@ class Gateway:
         if length is not None and length > self.config.max_request_bytes:
             raise ApiError(413, f"request body is {length} bytes, over the limit of {self.config.max_request_bytes}",
                            code="request_too_large")
-        raw = await request.read()  # aiohttp enforces client_max_size for chunked bodies (-> 413)
+        try:
+            raw = await request.read()  # aiohttp enforces client_max_size for chunked bodies
+        except web.HTTPRequestEntityTooLarge:
+            # Ours, not aiohttp's: the answer then carries the request id and counts in the metrics.
+            raise ApiError(413, f"request body is over the limit of {self.config.max_request_bytes} bytes",
+                           code="request_too_large") from None
         try:
             return json.loads(raw)
         except UnicodeDecodeError:

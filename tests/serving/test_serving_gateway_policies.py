@@ -256,3 +256,23 @@ def test_llamaguard_scorer_option(loop_thread, tmp_path, scripted):
     guard.text = "safe"
     raw = client.chat.completions.with_raw_response.create(model="base", messages=[{"role": "user", "content": "?"}])
     assert "x-kubetune-safety" not in raw.headers
+
+
+def test_chunked_body_over_the_limit_is_an_openai_413_with_request_id(loop_thread, tmp_path, scripted):
+    """A body sent without Content-Length (chunked) is cut off at the limit all the same, and the
+    answer is ours: OpenAI-shaped, with the request id, counted in the metrics."""
+    _, url, client = start_gateway(loop_thread, tmp_path, scripted.url, max_request_bytes=2000)
+
+    def chunks():
+        yield b'{"model": "base", "prompt": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    big = httpx.post(url + "/v1/completions", content=chunks(),
+                     headers={"Authorization": "Bearer secret-1", "Content-Type": "application/json"})
+    assert big.status_code == 413
+    assert big.json()["error"]["code"] == "request_too_large" and "2000" in big.json()["error"]["message"]
+    assert big.headers["x-request-id"].startswith("req-")
+    assert metric_value(url, "kubetune_gateway_requests_total", status="413") == 1
+    assert client.completions.create(model="base", prompt="still serving").choices[0].text
