@@ -9,7 +9,10 @@ Prints added p50/p99 latency (whole stream) and TTFT, and the throughput ratio
 (SmolLM2 if an imported folder exists, else the tiny test model) against plain
 `model.generate` on the same model. The engine, the gateway and the load generator are three
 processes, as in a pod; on a 2-core machine they compete for the CPU, so the figures are an
-upper bound of the overhead.
+upper bound of the overhead. Each process's CPU time is read from /proc: the gateway's CPU per
+streamed request is the figure that does not depend on the machine's load, and the script
+prints the throughput ratio that CPU share allows when all three share saturated cores.
+`KUBETUNE_BIN=/path/to/kubetune` measures another build of the gateway (an A/B run).
 """
 
 from __future__ import annotations

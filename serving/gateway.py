@@ -34,7 +34,6 @@ REFUSAL_TEXT = "I can't help with that. The response was withheld by the content
 # An unknown name re-reads the engine's model list at most this often (adapters come and go
 # at runtime), so a flood of bad names cannot hammer the engine.
 MISS_REFRESH_SECONDS = 0.25
-NO_SAFETY = {"flagged": False, "score": 0.0, "categories": {}}
 
 
 @dataclass
@@ -503,7 +502,7 @@ class Gateway:
         """Safety metric and payload record; runs on the event loop or the safety thread."""
         m = self.metrics
         out.safety = score
-        safety = NO_SAFETY
+        safety = None  # not scored (no scorer, or it failed): unknown, never "not flagged"
         if out.safety is not None:
             safety = {"flagged": out.safety.flagged, "score": out.safety.score, "categories": out.safety.categories}
             if out.safety.flagged:

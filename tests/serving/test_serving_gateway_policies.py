@@ -18,6 +18,7 @@ import pytest
 
 from kubetune.serving.gateway import REFUSAL_TEXT, Gateway, GatewayConfig
 from kubetune.serving.payload_log import PayloadLogger
+from kubetune.serving.safety_batcher import SafetyBatcher
 
 from tests.serving.serving_support import AppThread, ScriptedUpstream, ServeProcess, free_port, read_log
 
@@ -276,3 +277,31 @@ def test_chunked_body_over_the_limit_is_an_openai_413_with_request_id(loop_threa
     assert big.headers["x-request-id"].startswith("req-")
     assert metric_value(url, "kubetune_gateway_requests_total", status="413") == 1
     assert client.completions.create(model="base", prompt="still serving").choices[0].text
+
+
+class _BrokenScorer:
+    name = "broken"
+
+    def score(self, prompt, response):
+        raise RuntimeError("guard model unavailable")
+
+
+def test_unscored_answers_are_logged_as_unknown_not_as_safe(loop_thread, tmp_path, scripted):
+    """With no scorer, or a scorer that fails, the record says `safety: null`: monitoring must not
+    count an unscored answer as a safe one (it would feed it to retraining)."""
+    (tmp_path / "none").mkdir()
+    (tmp_path / "broken").mkdir()
+    gateway, url, client = start_gateway(loop_thread, tmp_path / "none", scripted.url, safety_scorer="none")
+    scripted.text = HARMFUL
+    client.completions.create(model="base", prompt="x")
+    gateway.close_logs()
+    assert [r["safety"] for r in read_log(tmp_path / "none" / "logs")] == [None]
+
+    gateway, url, client = start_gateway(loop_thread, tmp_path / "broken", scripted.url, safety_action="log")
+    gateway.safety.close()
+    gateway.safety = SafetyBatcher(_BrokenScorer())
+    stream = client.chat.completions.create(model="base", stream=True, messages=[{"role": "user", "content": "x"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == HARMFUL
+    assert client.completions.create(model="base", prompt="still serving").choices[0].text == HARMFUL
+    gateway.close_logs()
+    assert [r["safety"] for r in read_log(tmp_path / "broken" / "logs")] == [None, None]

@@ -152,3 +152,56 @@ def test_gradient_checkpointing_gives_the_same_losses(make_job, sft_samples, tok
     recomputed = _train(make_job(spec), sft_samples, tokenizer, tmp_path / "gc")
     assert recomputed.losses == pytest.approx(plain.losses, rel=1e-5)
     assert recomputed.losses[-1] < recomputed.losses[0]
+
+
+def test_lora_default_targets_every_linear_layer_but_the_head(make_job):
+    """Default targetModules ["all-linear"]: all 7 projections of every block get LoRA, lm_head none."""
+    from torch import nn
+
+    job = make_job({"method": {"type": "lora"}})
+    base = model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec))
+    linear = {n for n, m in base.named_modules() if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
+    model = methods.apply_method(base, job.spec)
+    adapted = {n.split("base_model.model.", 1)[1] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+    assert linear and adapted == linear
+    blocks = len(find_blocks(model))
+    assert len(adapted) == blocks * (len(CATEGORIES["attention"]) + len(CATEGORIES["ffn"]))
+
+
+def test_dora_trains_the_magnitude_vectors(make_job):
+    job = make_job({"method": {"type": "dora", "lora": {"rank": 4}}})
+    model = _model(job)
+    assert model.peft_config["default"].use_dora is True
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    magnitudes = {n for n in trainable if "lora_magnitude_vector" in n}
+    assert magnitudes and len(magnitudes) == len({n for n in trainable if "lora_A" in n})
+    lora_only = _model(make_job({"method": {"type": "lora", "lora": {"rank": 4}}}))
+    assert not any("magnitude" in n for n, _ in lora_only.named_parameters())
+
+
+def test_dpo_reference_of_an_adapter_is_the_base_model(make_job, preference_samples, tokenizer):
+    """The LoRA-family reference is the policy with its adapter disabled: the base's log-probs, not the policy's."""
+    from kubetune.trainer import objectives
+    from kubetune.trainer.data_collate import collate_preference
+
+    job = make_job({"datasets": [{"name": "pairs", "uri": "pairs.jsonl", "format": "preference"}],
+                    "method": {"type": "lora", "lora": {"rank": 4}}, "objective": {"type": "dpo"}})
+    torch.manual_seed(0)
+    policy = _model(job)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)  # a trained-looking adapter (B starts at zero)
+    policy.train()
+    pairs = objectives.concat_pairs(collate_preference(preference_samples[:3], pad_id=tokenizer.pad_token_id),
+                                    tokenizer.pad_token_id)
+    reference = objectives.Reference(policy, adapter=True)
+    ref = reference.logps(policy, pairs)
+    base = model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec)).eval()
+    with torch.no_grad():
+        expected, _, _ = objectives.sequence_logps(base, pairs)
+        policy.eval()
+        tuned, _, _ = objectives.sequence_logps(policy, pairs)
+    assert torch.allclose(ref, expected, atol=1e-4)
+    assert not torch.allclose(ref, tuned, atol=1e-2)
+    assert reference._copy is None  # no second copy of the weights for adapters

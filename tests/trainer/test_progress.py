@@ -94,3 +94,24 @@ def test_throughput_and_eta():
     meter.add_tokens(800)
     assert meter.tokens_per_second() == pytest.approx(200.0)
     assert meter.eta_seconds(4) == pytest.approx(16.0)  # 2 s per step, 8 steps left
+
+
+def test_real_status_writer_is_loaded_in_the_pod_path(tmp_path, monkeypatch):
+    """The trainer loads kubetune.status_writer by name: a renamed class or changed constructor must fail here."""
+    from kubetune.status_writer import FineTuneJobStatusSink
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBETUNE_JOB_NAME", "job-a")
+    monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "team-1")
+    sinks = progress.default_sinks(None, console=False)
+    [sink] = [s for s in sinks.sinks if isinstance(s, FineTuneJobStatusSink)]
+    assert (sink.namespace, sink.name) == ("team-1", "job-a")
+    assert sink.path.endswith("/namespaces/team-1/finetunejobs/job-a/status")
