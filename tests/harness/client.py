@@ -7,6 +7,7 @@ PATCHing child status over HTTP, exactly as those controllers would.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -47,7 +48,13 @@ def object_path(plural: str, namespace: str | None, name: str | None = None, sub
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> T:
-    """Poll until `predicate()` returns something truthy; return it or fail with the last value."""
+    """Poll until `predicate()` returns something truthy; return it or fail with the last value.
+
+    Timeouts are multiplied by KUBETUNE_TEST_TIMEOUT_SCALE (default 3): a passing check returns
+    as soon as it holds, so the scale only lengthens failures, and keeps a loaded 2-core CI
+    machine from turning slow reconciles into false failures.
+    """
+    timeout *= float(os.environ.get("KUBETUNE_TEST_TIMEOUT_SCALE", "3"))
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
