@@ -136,3 +136,11 @@ def test_trainer_exported_adapter_serves_in_vllm(trained_output, vllm_server):
     chat = client.chat.completions.create(model="numbers", messages=[{"role": "user", "content": "Say the number 5."}],
                                           max_tokens=6, temperature=0)
     assert chat.usage.completion_tokens >= 1
+
+    # the adapter is really applied: its first-token log-prob differs from the base model's
+    def first_logprob(model: str) -> float:
+        out = client.completions.create(model=model, prompt="Say the number 3.", max_tokens=1, temperature=0,
+                                        logprobs=1)
+        return out.choices[0].logprobs.token_logprobs[0]
+
+    assert abs(first_logprob("numbers") - first_logprob("tiny")) > 1e-4
