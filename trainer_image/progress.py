@@ -105,6 +105,7 @@ class ConsoleSink:
         self.stream = stream or sys.stderr
         self.width = width
         self._bar_open = False
+        self._bar_len = 0
 
     @property
     def is_tty(self) -> bool:
@@ -129,7 +130,9 @@ class ConsoleSink:
     def on_progress(self, progress: dict) -> None:
         line = self.format(progress)
         if self.is_tty:
-            self.stream.write("\r" + line)
+            # pad over the previous bar: a shorter line (lower tok/s, shorter ETA) must not leave its tail
+            self.stream.write("\r" + line.ljust(self._bar_len))
+            self._bar_len = len(line)
             self._bar_open = True
         else:
             self.stream.write(line + "\n")
@@ -139,6 +142,7 @@ class ConsoleSink:
         if self._bar_open:
             self.stream.write("\n")
             self._bar_open = False
+            self._bar_len = 0
 
     def on_phase(self, phase: str, message: str = "") -> None:
         self._end_bar()

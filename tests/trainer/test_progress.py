@@ -38,8 +38,16 @@ def test_console_draws_a_bar_on_a_tty():
             return True
 
     out = Tty()
-    progress.ConsoleSink(out).on_progress(SAMPLE)
+    sink = progress.ConsoleSink(out)
+    sink.on_progress({**SAMPLE, "tokensPerSecond": 123456.0})
     assert out.getvalue().startswith("\r[#######-----------------] step 3/10")
+    first = out.getvalue()
+    sink.on_progress({**SAMPLE, "step": 4, "tokensPerSecond": 5.0})
+    redraw = out.getvalue()[len(first):]
+    assert redraw.startswith("\r[#########---------------] step 4/10") and "\n" not in redraw
+    assert len(redraw) == len(first)  # the shorter line is padded over the longer one's tail
+    sink.on_phase("Exporting", "out")
+    assert out.getvalue().endswith("\n[Exporting] out\n")
 
 
 def test_json_lines_file_records_every_event(tmp_path):
