@@ -128,9 +128,12 @@ def test_stream_passes_events_through_and_counts_usage(loop_thread, tmp_path, sc
         stream_options={"include_usage": True}))
     assert with_usage[-1].usage.completion_tokens == 5
     gateway.close_logs()
-    records = read_log(tmp_path / "logs")
-    assert records[0]["id"] == rid and records[0]["adapter"] == "support" and records[0]["model"] == "base"
-    assert records[0]["response"] == "one two three four five" and records[0]["completionTokens"] == 5
+    # Records are written as their safety scores arrive (batched), not in request order.
+    records = {r["id"]: r for r in read_log(tmp_path / "logs")}
+    assert len(records) == 2
+    first = records[rid]
+    assert first["adapter"] == "support" and first["model"] == "base"
+    assert first["response"] == "one two three four five" and first["completionTokens"] == 5
     assert metric_value(url, "kubetune_gateway_tokens_total", model="base", direction="out") == 10
 
 
