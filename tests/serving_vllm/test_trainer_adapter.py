@@ -10,39 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from tests.serving.serving_support import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("KUBETUNE_VLLM_VENV", REPO / ".venv-vllm")) / "bin" / "python"
-START_TIMEOUT = float(os.environ.get("KUBETUNE_VLLM_START_TIMEOUT", "900"))
+from tests.serving_vllm.conftest import SKIP_REASON, VLLM_PYTHON
 
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.slow,
-    pytest.mark.skipif(not VLLM_PYTHON.exists(),
-                       reason=f"{VLLM_PYTHON} is absent: run scripts/vllm_cpu_venv.sh (make test-vllm)"),
+    pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=SKIP_REASON),
 ]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """vLLM runs its engine in child processes: stop the whole process group we started."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -72,43 +51,6 @@ def trained_output(tiny_model_dir, tmp_path_factory) -> Path:
     return result.output_dir
 
 
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model_dir, tmp_path_factory):
-    from kubetune.api.modeldeployment import Engine
-    from kubetune.operator.vllm_args import vllm_args
-
-    work = tmp_path_factory.mktemp("vllm")
-    port = free_port()
-    engine = Engine(dtype="float32", max_model_len=512, max_lora_rank=16, max_loras=2,
-                    extra_args=["--enforce-eager"])
-    argv = vllm_args(model_path=str(tiny_model_dir), served_model_name="tiny", engine=engine,
-                     host="127.0.0.1", port=port)
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
-               VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
-    log_path = work / "vllm.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", *argv], cwd=work,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-6000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > START_TIMEOUT:
-                pytest.fail(f"vLLM not healthy after {START_TIMEOUT:.0f}s:\n{log_path.read_text(errors='replace')[-6000:]}")
-            time.sleep(2)
-        yield url, log_path
-    finally:
-        _stop(proc)
-
-
 def test_trainer_exported_adapter_serves_in_vllm(trained_output, vllm_server):
     from kubetune.operator.vllm_admin import LOADED, VllmAdmin, sync_adapters
 
@@ -118,7 +60,8 @@ def test_trainer_exported_adapter_serves_in_vllm(trained_output, vllm_server):
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["r"] == 8 and not config.get("modules_to_save")
 
-    url, log_path = vllm_server
+    url, work, _ = vllm_server
+    log_path = work / "vllm.log"
 
     async def load():
         async with VllmAdmin(url, timeout=120) as admin:
