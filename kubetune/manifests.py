@@ -42,3 +42,20 @@ def load_documents(path: Path | str) -> list[Document]:
             continue
         docs.append(Document(index, node.start_mark.line + 1 if node is not None else None, body))
     return docs
+
+
+def load_finetunejob(path: Path | str):
+    """The first FineTuneJob in a manifest file, validated with every error reported.
+
+    Raises ValueError (ManifestFileError for unreadable files) naming the file and line.
+    """
+    from kubetune.api import ManifestError, parse_finetunejob
+
+    for doc in load_documents(path):
+        if isinstance(doc.body, dict) and doc.body.get("kind") == "FineTuneJob":
+            try:
+                return parse_finetunejob(doc.body)
+            except ManifestError as exc:
+                errors = "\n  ".join(str(e) for e in exc.errors)
+                raise ValueError(f"{path} (line {doc.line}): invalid FineTuneJob:\n  {errors}") from None
+    raise ValueError(f"{path}: no FineTuneJob document found")

@@ -14,6 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from kubetune.manifests import load_finetunejob
+
 MASKED = "·"
 DEBUG_DEFAULT = 3
 
@@ -39,21 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _fail(message: str) -> int:
     print(f"kubetune prepare: {message}", file=sys.stderr)
     return 1
-
-
-def load_job(path: Path):
-    """The first FineTuneJob in a manifest file, fully validated."""
-    from kubetune.api import ManifestError, parse_finetunejob
-    from kubetune.manifests import load_documents
-
-    for doc in load_documents(path):
-        if isinstance(doc.body, dict) and doc.body.get("kind") == "FineTuneJob":
-            try:
-                return parse_finetunejob(doc.body)
-            except ManifestError as exc:
-                errors = "\n  ".join(str(e) for e in exc.errors)
-                raise ValueError(f"{path} (line {doc.line}): invalid FineTuneJob:\n  {errors}") from None
-    raise ValueError(f"{path}: no FineTuneJob document found")
 
 
 def resolve_model_dir(spec, job_dir: Path, override: Path | None) -> Path:
@@ -84,7 +71,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from .data_prepare import DataError, prepare
 
     try:
-        job = load_job(args.file)
+        job = load_finetunejob(args.file)
         spec = job.spec
         model_dir = resolve_model_dir(spec, args.file.resolve().parent, args.model)
     except (ManifestFileError, ValueError) as exc:

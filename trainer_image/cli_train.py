@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune.manifests import load_finetunejob
+
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "/etc/kubetune/finetunejob.yaml"
 
@@ -36,25 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, metavar="DIR", help="artifact folder (default: spec.output.uri)")
     parser.add_argument("--quiet", action="store_true", help="no console progress (progress.jsonl is still written)")
     parser.set_defaults(func=run_train)
-
-
-def load_job(path: Path):
-    """The first FineTuneJob in a manifest file, validated with every error reported."""
-    from kubetune.api import ManifestError, parse_finetunejob
-    from kubetune.manifests import ManifestFileError, load_documents
-
-    try:
-        documents = load_documents(path)
-    except (ManifestFileError, OSError) as exc:
-        raise ValueError(str(exc)) from None
-    for doc in documents:
-        if isinstance(doc.body, dict) and doc.body.get("kind") == "FineTuneJob":
-            try:
-                return parse_finetunejob(doc.body)
-            except ManifestError as exc:
-                errors = "\n  ".join(str(e) for e in exc.errors)
-                raise ValueError(f"{path} (line {doc.line}): invalid FineTuneJob:\n  {errors}") from None
-    raise ValueError(f"{path}: no FineTuneJob document found")
 
 
 def _configure_logging() -> None:
@@ -81,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     local = bool(args.local)
     _offline_defaults(local)
     try:
-        job = load_job(path)
+        job = load_finetunejob(path)
     except ValueError as exc:
         print(f"kubetune train: {exc}", file=sys.stderr)
         return EXIT_CONFIG
