@@ -35,7 +35,7 @@ from . import events
 from . import render_serving as rs
 from . import status_serving as ss
 from .conditions import condition, now_rfc3339, set_conditions, status_patch
-from .k8s import Conflict, KubeApi, KubeError, NotFound, Resource
+from .k8s import Conflict, KubeApi, KubeError, NotFound, Resource, api_of, reset_shared_api
 from .metrics import RECONCILE_ERRORS
 from .settings import Settings
 from .vllm_admin import FAILED, LOADED, LOADING, EngineUnreachable, VllmAdmin, VllmAdminError, sync_adapters
@@ -98,17 +98,6 @@ def _record_phase(namespace: str, name: str, phase: str | None) -> None:
 _state: dict[str, Any] = {}
 
 
-def kube(memo: Any = None) -> KubeApi:
-    """The operator's KubeApi (from the operator memo when main.py put one there)."""
-    for attr in ("kube", "api", "kube_api"):
-        client = getattr(memo, attr, None) if memo is not None else None
-        if isinstance(client, KubeApi):
-            return client
-    if "kube" not in _state:
-        _state["kube"] = KubeApi()
-    return _state["kube"]
-
-
 def serving_settings(memo: Any = None) -> rs.ServingSettings:
     """Serving settings: the operator's Settings (memo.settings) where they overlap, else env."""
     operator_settings = getattr(memo, "settings", None) if memo is not None else None
@@ -140,9 +129,7 @@ def from_operator_settings(settings: Settings | None, env: Mapping[str, str] | N
 
 def reset_state() -> None:
     """Forget cached clients and settings (tests change the environment between operators)."""
-    client = _state.pop("kube", None)
-    if client is not None:
-        client.close()
+    reset_shared_api()
     _state.clear()
     _phases.clear()
     _nudged.clear()
@@ -215,7 +202,7 @@ async def nudge_deployments(
     if deploy_to:
         targets.add(deploy_to)
     revision = f"{name}:{job_revision(status)}"
-    api = kube(memo)
+    api = api_of(memo)
     for target in sorted(targets):
         if _nudged.get((namespace, name, target)) == revision:
             continue
@@ -251,7 +238,7 @@ async def _reconcile_counted(namespace: str, name: str, memo: Any, index: kopf.I
     lock = _locks.setdefault((namespace, name), asyncio.Lock())
     async with lock:
         try:
-            await reconcile(kube(memo), namespace, name, _jobs_in(index, namespace), serving_settings(memo))
+            await reconcile(api_of(memo), namespace, name, _jobs_in(index, namespace), serving_settings(memo))
         except Exception:
             RECONCILE_ERRORS.labels(kind="ModelDeployment").inc()
             raise

@@ -23,7 +23,7 @@ from kubetune.api import ManifestError, parse_finetunejob
 
 from . import events
 from .conditions import condition, find_condition, now_rfc3339, set_conditions
-from .k8s import AlreadyExists, KubeApi, KubeError, Resource
+from .k8s import AlreadyExists, KubeApi, KubeError, Resource, api_of, reset_shared_api
 from .render_monitor import MonitorSettings, MonitorUnavailable, monitor_name, render_monitor
 from .render_retraining import (
     LABEL_RETRAINED_FROM,
@@ -54,16 +54,6 @@ RETRAINING_JOBS = Counter(
 _state: dict[str, Any] = {"applied": {}, "signals": {}, "suggested": set()}
 
 
-def _kube(memo: Any) -> KubeApi:
-    for attr in ("kube", "api", "kube_api"):
-        client = getattr(memo, attr, None) if memo is not None else None
-        if isinstance(client, KubeApi):
-            return client
-    if "kube" not in _state:
-        _state["kube"] = KubeApi()
-    return _state["kube"]
-
-
 def _settings(memo: Any) -> MonitorSettings:
     if "settings" not in _state:
         _state["settings"] = MonitorSettings.from_env()
@@ -72,9 +62,7 @@ def _settings(memo: Any) -> MonitorSettings:
 
 def reset_state() -> None:
     """Forget clients, settings and caches (tests start operators with other environments)."""
-    client = _state.pop("kube", None)
-    if client is not None:
-        client.close()
+    reset_shared_api()
     _state.pop("settings", None)
     _state.update(applied={}, signals={}, suggested=set())
 
@@ -228,7 +216,7 @@ async def monitoring_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 async def _level(body: dict[str, Any], memo: Any) -> None:
-    api = _kube(memo)
+    api = api_of(memo)
     status = body.get("status") or {}
     export_gauges(body["metadata"]["name"], status.get("monitoring"))
     try:

@@ -370,3 +370,29 @@ class KubeApi:
     async def has_resource(self, api_version: str, plural: str) -> bool:
         plurals = await self.served_resources(api_version)
         return plurals is not None and plural in plurals
+
+
+_shared_api: KubeApi | None = None
+
+
+def api_of(memo: Any) -> KubeApi:
+    """The operator's KubeApi from kopf's memo (main.py puts it at `memo.api`).
+
+    Handlers started without main.py (tests that run kopf on a subset of handlers) share one
+    process-wide client instead.
+    """
+    global _shared_api
+    client = getattr(memo, "api", None) if memo is not None else None
+    if isinstance(client, KubeApi):
+        return client
+    if _shared_api is None:
+        _shared_api = KubeApi()
+    return _shared_api
+
+
+def reset_shared_api() -> None:
+    """Close the process-wide client (tests start operators against other emulators)."""
+    global _shared_api
+    if _shared_api is not None:
+        _shared_api.close()
+        _shared_api = None
