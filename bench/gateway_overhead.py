@@ -3,6 +3,12 @@ the gateway (payload logging at sample rate 1 and offline safety scoring on), in
 
     .venv/bin/python bench/gateway_overhead.py [--clients 64] [--requests 10] [--chunks 16]
         [--chunk-delay-ms 5] [--rounds 2] [--engine-model DIR] [--skip-engine]
+        [--pin] [--gateway-workers N] [--gateway-cpus N] [--safety-in-gateway]
+
+`--pin` gives the fake engine, the gateway and the load generator CPUs of their own (as
+containers with CPU requests); `--gateway-workers N` runs `kubetune serve --workers N` on
+`--gateway-cpus` CPUs (default N). The gateway's CPU is that of its whole process tree
+(supervisor, workers, safety scorer processes), also printed by role.
 
 Prints added p50/p99 latency (whole stream) and TTFT, and the throughput ratio
 (through-gateway / direct), then the local engine's tokens/s on the quickstart model
@@ -124,6 +130,13 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
+def wait_ready_line(proc: subprocess.Popen) -> None:
+    for line in proc.stdout:
+        if "gateway on http" in line:
+            return
+    raise RuntimeError(f"the gateway exited with code {proc.wait()} before it was ready")
+
+
 def wait_http(url: str, timeout: float = 120) -> None:
     import urllib.request
 
@@ -138,12 +151,59 @@ def wait_http(url: str, timeout: float = 120) -> None:
             time.sleep(0.3)
 
 
-def cpu_seconds(pid: int, which: str = "both") -> float:
-    """User and/or system CPU time of a process (Linux /proc), whatever else runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _own_cpu_seconds(pid: int, which: str) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile
     user, system = int(fields[11]), int(fields[12])
     ticks = {"user": user, "system": system, "both": user + system}[which]
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                children = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def _kind(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "gone"
+    if b"spawn_main" in cmd or b"resource_tracker" in cmd:
+        return "safety scorer"
+    return "workers" if b"worker_main" in cmd else "main process" if b"serve" in cmd else "other"
+
+
+def cpu_by_kind(pid: int) -> dict[str, float]:
+    """CPU seconds of a process tree by role: the main process (the gateway itself, or the
+    supervisor with --gateway-workers > 1), the workers, the safety scorer processes."""
+    out: dict[str, float] = {}
+    for p in [pid, *_descendants(pid)]:
+        kind = _kind(p)
+        out[kind] = out.get(kind, 0.0) + _own_cpu_seconds(p, "both")
+    return out
+
+
+def cpu_seconds(pid: int, which: str = "both") -> float:
+    """User and/or system CPU time of a process and every process under it (Linux /proc):
+    the gateway's workers, supervisor and safety scorer processes all count as the gateway."""
+    return sum(_own_cpu_seconds(p, which) for p in [pid, *_descendants(pid)])
 
 
 def free_port() -> int:
@@ -154,7 +214,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_plan(args) -> dict[str, set[int] | None]:
+    """With --pin, each process gets CPUs of its own, as containers with CPU requests would."""
+    if not args.pin:
+        return {"engine": None, "gateway": None, "client": None}
+    available = sorted(os.sched_getaffinity(0))
+    gateway_cpus = args.gateway_cpus or args.gateway_workers
+    need = 2 + gateway_cpus
+    if len(available) < need:
+        raise SystemExit(f"--pin needs {need} CPUs (engine 1, gateway {gateway_cpus}, load generator 1); "
+                         f"this process may use {len(available)}")
+    return {"engine": {available[0]}, "gateway": set(available[1:1 + gateway_cpus]),
+            "client": {available[1 + gateway_cpus]}}
+
+
+def gateway_extra_args(args) -> list[str]:
+    """Only what differs from the defaults, so KUBETUNE_BIN may name an older build."""
+    extra = []
+    if args.gateway_workers > 1:
+        extra += ["--workers", str(args.gateway_workers)]
+    if args.safety_in_gateway:
+        extra += ["--no-safety-process"]
+    return extra
+
+
+def pinned(cpus: set[int] | None):
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
 def gateway_overhead(args) -> None:
+    plan = cpu_plan(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "keys").write_text("bench-key\n")
@@ -163,25 +252,33 @@ def gateway_overhead(args) -> None:
         try:
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--role", "engine", "--port", str(engine_port), "--chunks", str(args.chunks),
-                 "--chunk-delay-ms", str(args.chunk_delay_ms)], cwd=tmp))
+                 "--chunk-delay-ms", str(args.chunk_delay_ms)], cwd=tmp, preexec_fn=pinned(plan["engine"])))
             wait_http(f"http://127.0.0.1:{engine_port}/v1/models")
             procs.append(subprocess.Popen(
                 [KUBETUNE, "serve", "--gateway-only", "--upstream", f"http://127.0.0.1:{engine_port}",
                  "--port", str(gateway_port), "--api-keys", str(tmp / "keys"), "--log-dir", str(tmp / "logs"),
                  "--sample-rate", str(args.sample_rate), "--safety-scorer", args.safety_scorer, "--safety-action",
-                 "flag", "--log-level", "WARNING"], cwd=tmp, stdout=subprocess.DEVNULL))
+                 "flag", "--log-level", "WARNING", *gateway_extra_args(args)], cwd=tmp, stdout=subprocess.PIPE,
+                text=True, preexec_fn=pinned(plan["gateway"])))
+            wait_ready_line(procs[-1])  # with workers: all of them listen by then
             wait_http(f"http://127.0.0.1:{gateway_port}/healthz")
+            if plan["client"] is not None:
+                os.sched_setaffinity(0, plan["client"])
             runs = {"direct": [], "gateway": []}
             gateway_cpu = gateway_user = engine_direct_cpu = engine_gateway_cpu = 0.0
+            by_kind: dict[str, float] = {}
             loads = [os.getloadavg()[0]]
             for _ in range(args.rounds):  # interleaved, so background load hits both alike
                 for name, port in (("direct", engine_port), ("gateway", gateway_port)):
                     before, before_user = cpu_seconds(procs[1].pid), cpu_seconds(procs[1].pid, "user")
+                    kinds_before = cpu_by_kind(procs[1].pid)
                     engine_before = cpu_seconds(procs[0].pid)
                     runs[name].append(asyncio.run(load(f"http://127.0.0.1:{port}", args.clients, args.requests)))
                     if name == "gateway":
                         gateway_cpu += cpu_seconds(procs[1].pid) - before
                         gateway_user += cpu_seconds(procs[1].pid, "user") - before_user
+                        for kind, sec in cpu_by_kind(procs[1].pid).items():
+                            by_kind[kind] = by_kind.get(kind, 0.0) + sec - kinds_before.get(kind, 0.0)
                         engine_gateway_cpu += cpu_seconds(procs[0].pid) - engine_before
                     else:
                         engine_direct_cpu += cpu_seconds(procs[0].pid) - engine_before
@@ -189,9 +286,12 @@ def gateway_overhead(args) -> None:
             # The safety scorer lingers up to 1 s to fill a batch: wait for its last batch,
             # whose CPU belongs to the gateway's work.
             tail, tail_user = cpu_seconds(procs[1].pid), cpu_seconds(procs[1].pid, "user")
+            kinds_before = cpu_by_kind(procs[1].pid)
             time.sleep(2.0)
             gateway_cpu += cpu_seconds(procs[1].pid) - tail
             gateway_user += cpu_seconds(procs[1].pid, "user") - tail_user
+            for kind, sec in cpu_by_kind(procs[1].pid).items():
+                by_kind[kind] = by_kind.get(kind, 0.0) + sec - kinds_before.get(kind, 0.0)
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
@@ -199,8 +299,8 @@ def gateway_overhead(args) -> None:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        log_file = tmp / "logs" / "payloads.jsonl"
-        logged = sum(1 for _ in open(log_file)) if log_file.exists() else 0
+        # One log per worker (logs/worker-<i>/payloads.jsonl) with --gateway-workers > 1.
+        logged = sum(sum(1 for _ in open(f)) for f in (tmp / "logs").rglob("payloads.jsonl*"))
 
     def summary(name):
         lat = sorted(x for r in runs[name] for x in r["latencies"])
@@ -212,19 +312,24 @@ def gateway_overhead(args) -> None:
     d, g = summary("direct"), summary("gateway")
     print(f"gateway overhead: {args.clients} concurrent streaming clients x {args.requests} requests x {args.rounds} "
           f"rounds, {args.chunks} SSE chunks per answer, {args.chunk_delay_ms} ms between chunks; payload log "
-          f"sample rate {args.sample_rate} ({logged} records written), {args.safety_scorer} safety scorer, flag action")
+          f"sample rate {args.sample_rate} ({logged} records written), {args.safety_scorer} safety scorer "
+          f"({'in the gateway process' if args.safety_in_gateway else 'in a child process'}), flag action; "
+          f"{args.gateway_workers} gateway worker(s)")
     print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'req/s':>10}")
     for name, s in (("direct", d), ("gateway", g)):
         print(f"{name:10}{s['p50'] * 1e3:10.2f}{s['p99'] * 1e3:10.2f}{s['ttft50'] * 1e3:10.2f}{s['ttft99'] * 1e3:10.2f}"
               f"{s['rps']:10.1f}")
-    print(f"machine: {os.cpu_count()} CPUs, load average (1 min) {min(loads):.1f}-{max(loads):.1f} during the run")
+    pins = ", ".join(f"{k} on CPU {sorted(v)}" for k, v in plan.items() if v is not None) or "not pinned"
+    print(f"machine: {os.cpu_count()} CPUs ({pins}), load average (1 min) {min(loads):.1f}-{max(loads):.1f} during the run")
     served = sum(r["count"] + args.clients for r in runs["gateway"])
     per_request, user_per_request = gateway_cpu / served, gateway_user / served
-    print(f"gateway CPU per streamed request: {per_request * 1e3:.2f} ms, of which user (Python) "
+    print(f"gateway CPU per streamed request (all its processes): {per_request * 1e3:.2f} ms, of which user (Python) "
           f"{user_per_request * 1e3:.2f} ms and kernel {1e3 * (per_request - user_per_request):.2f} ms "
           f"({per_request * 1e6 / (args.chunks + 2):.0f} us per SSE event); about {1 / per_request:.0f} "
           f"streamed requests/s per core; the fake engine itself spends "
           f"{1e3 * engine_direct_cpu / sum(r['count'] + args.clients for r in runs['direct']):.2f} ms per request")
+    print("gateway CPU per streamed request by process: " + ", ".join(
+        f"{kind} {1e3 * sec / served:.2f} ms" for kind, sec in sorted(by_kind.items()) if sec > 0))
     engine_per_request = engine_gateway_cpu / served
     client_per_request = sum(r["cpu"] for r in runs["direct"]) / sum(r["count"] for r in runs["direct"])
     rest = engine_per_request + client_per_request
@@ -300,6 +405,13 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16, help="SSE chunks per answer")
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0, help="fake engine's pause between chunks")
     parser.add_argument("--sample-rate", type=float, default=1.0, help="gateway payload log sample rate")
+    parser.add_argument("--pin", action="store_true",
+                        help="give engine, gateway and load generator CPUs of their own (needs 2 + --gateway-cpus)")
+    parser.add_argument("--gateway-cpus", type=int, help="CPUs for the gateway with --pin (default: --gateway-workers)")
+    parser.add_argument("--gateway-workers", type=int, default=1,
+                        help="gateway processes on the port (`kubetune serve --workers N`); default 1")
+    parser.add_argument("--safety-in-gateway", action="store_true",
+                        help="score on the gateway's own thread (--no-safety-process), as before the scorer process")
     parser.add_argument("--safety-scorer", default="offline", choices=["offline", "none"])
     parser.add_argument("--engine-model", help="model folder for the tokens/s figure (default: SmolLM2 or tiny)")
     parser.add_argument("--engine-tokens", type=int, default=64)

@@ -7,7 +7,9 @@ template, loss on answers only), the same LoRA settings (rank 16, all linear lay
 size, optimizer steps, learning rate and threads, each in its own subprocess so peak RSS is
 honest:
 
-- ours:  `kubetune.trainer.loop.train_loop` (world size 1), packing without cross-attention
+- ours:  `kubetune.trainer.loop.train_loop` (world size 1), packing without cross-attention,
+         LM head and cross-entropy only where a label counts; `--ours-batch-size` sets its
+         packed rows per step (match the plain run's tokens per step to compare memory)
 - plain: transformers `Trainer` + peft, dynamic padding, no packing
 - trl:   TRL `SFTTrainer` with `packing=True` (best-fit decreasing, padding-free)
 
@@ -79,7 +81,8 @@ def job_spec(data_file: Path, model_dir: Path, args):
                               "piiRedaction": False, "dedup": "none"},
             "method": {"type": "lora", "lora": {"rank": 16, "alpha": 32, "dropout": 0.0}},
             "hyperparameters": {"maxSteps": args.steps, "batchSize": args.batch_size, "learningRate": 2e-4,
-                                "warmupRatio": 0.0, "scheduler": "constant", "maxGradNorm": 1.0, "seed": 7},
+                                "warmupRatio": 0.0, "scheduler": "constant", "maxGradNorm": 1.0, "seed": 7,
+                                "gradientCheckpointing": bool(getattr(args, "gradient_checkpointing", False))},
             "checkpointing": {"everySteps": 1000000},
             "output": {"uri": str(data_file.parent / "out")},
         },
@@ -127,6 +130,7 @@ class StepClock:
         return {
             "steps": len(self.times),
             "timedTokens": tokens,
+            "tokensPerStep": tokens / (len(self.times) - 1),
             "wallSeconds": wall,
             "tokensPerSecond": tokens / wall,
             "tokensPerCpuSecond": tokens / cpu if cpu > 0 else None,
@@ -253,6 +257,8 @@ def child(args) -> int:
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
+    if args.child == "ours" and args.ours_batch_size:
+        args.batch_size = args.ours_batch_size
     spec = job_spec(work / "train.jsonl", Path(args.model), args)
     tokenizer, samples = prepared_samples(spec, Path(args.model))
     runner = {"ours": run_ours, "plain": run_plain, "trl": run_trl}[args.child]
@@ -288,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--rows", type=int, default=600, help="training rows generated")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="ours with hyperparameters.gradientCheckpointing (TRL's SFTConfig has it on by default)")
+    parser.add_argument("--ours-batch-size", type=int,
+                        help="packed rows per step for ours (default --batch-size); pick it so that ours' tokens "
+                             "per step match the plain run's when comparing memory")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     parser.add_argument("--json", help="also write all figures to this file")
     parser.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
@@ -295,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for var, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads)}.items():
+                       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
+                       # idle OpenMP threads sleep instead of spinning: on a shared machine spinning
+                       # inflates every run's CPU seconds by however busy the neighbours are
+                       "OMP_WAIT_POLICY": "PASSIVE"}.items():
         os.environ.setdefault(var, value)
     if args.child:
         return child(args)
@@ -314,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--child", name, "--work", str(work), "--result", str(out),
                    "--model", str(model_dir), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                    "--max-seq-length", str(args.max_seq_length), "--threads", str(args.threads)]
+            if args.ours_batch_size:
+                cmd += ["--ours-batch-size", str(args.ours_batch_size)]
+            if args.gradient_checkpointing:
+                cmd += ["--gradient-checkpointing"]
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -322,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = json.loads(out.read_text())
             r = results[name]
             print(f"{name:6s} {r['tokensPerSecond']:9.1f} tok/s  {r['tokensPerCpuSecond'] or 0:9.1f} tok/cpu-s  "
-                  f"peak RSS {r['peakRssMiB']:7.0f} MiB  final loss {r['finalLoss']:.4f}  "
+                  f"peak RSS {r['peakRssMiB']:7.0f} MiB  {r['tokensPerStep']:6.0f} tok/step  final loss {r['finalLoss']:.4f}  "
                   f"({r['timedTokens']} tokens in {r['wallSeconds']:.1f}s; run {time.perf_counter() - t0:.0f}s)",
                   flush=True)
         if "ours" in results:

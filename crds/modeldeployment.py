@@ -146,6 +146,8 @@ class Gateway(KubeModel):
     """Larger request bodies get 413."""
     max_tokens: Annotated[int, Field(ge=1)] = 4096
     """Largest max_tokens a request may ask for."""
+    workers: Annotated[int, Field(ge=1, le=16)] = 1
+    """Gateway processes sharing the port (each gets a CPU): one streams roughly 700-1000 requests/s per core, see docs/serving.md."""
 
 
 class MonitoringThresholds(KubeModel):

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="on-topic requests sent to the tuned model (default 20)")
     parser.add_argument("--shifted", type=int, default=20, metavar="N",
                         help="off-topic requests sent to the tuned model (default 20)")
-    parser.add_argument("--concurrency", type=int, default=2, help="parallel requests to the gateway (default 2)")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="parallel requests to the gateway; the local engine generates them as one batch (default 8)")
     parser.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the steps' output, only the summary")
     parser.set_defaults(func=run)

@@ -144,8 +144,8 @@ def write_dataset(
     out_dir: Path | str,
     *,
     seed: int = 7,
-    train_rows: int = 480,
-    eval_rows: int = 12,
+    train_rows: int = 240,
+    eval_rows: int = 8,
     traffic_rows: int = 40,
     shifted_rows: int = 40,
 ) -> DatasetFiles:

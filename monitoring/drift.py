@@ -44,7 +44,8 @@ class DriftOptions:
 class DriftResult:
     summary: dict[str, Any]
     run: Any = None
-    """The Evidently run (for the HTML report); None when the window was too small."""
+    """The TextDrift of the window (its Evidently Report is built only for the HTML page); None when
+    the window was too small."""
 
     @property
     def drift_detected(self) -> bool:
@@ -147,7 +148,8 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
 
     import pandas as pd
 
-    from .evidently_adapter import TextDriftRun, embedding_drift
+    from .descriptors import sentiment_rows
+    from .evidently_adapter import TextDrift, embedding_drift
 
     limit = options.max_rows if options.max_rows > 0 else max(len(reference), len(current))
     ref = _sample(reference, limit, options.seed)
@@ -157,9 +159,14 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
     ref_df = pd.DataFrame({"prompt": [r.prompt for r in ref], "response": [r.response for r in ref]})
     cur_df = pd.DataFrame({"prompt": [r.prompt for r in cur], "response": [r.response for r in cur]})
     options.log(f"descriptor and text-content drift on {len(ref)} + {len(cur)} rows ({', '.join(columns)})")
-    run = TextDriftRun(ref_df, cur_df, columns)
+    run = TextDrift(ref_df, cur_df, columns)
     signals = run.signals()
     notes = list(run.notes)
+    summary["sampling"] = {
+        "descriptors": dict(summary["sampled"]),
+        "content": dict(summary["sampled"]),
+        "sentiment": {"reference": len(sentiment_rows(len(ref))), "current": len(sentiment_rows(len(cur)))},
+    }
 
     if options.embeddings:
         from .embeddings import encode
@@ -171,6 +178,7 @@ def compare(reference: Sequence[Record], current: Sequence[Record], options: Dri
             ref_vec = encode([getattr(r, col) for r in ref_e])
             cur_vec = encode([getattr(r, col) for r in cur_e])
             signals.append(embedding_drift(f"{col}.embedding", ref_vec, cur_vec))
+        summary["sampling"]["embedding"] = {"reference": len(ref_e), "current": len(cur_e)}
 
     scored = [s for s in signals if s.score is not None]
     drifted = [s for s in scored if s.drifted]

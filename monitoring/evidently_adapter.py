@@ -1,11 +1,12 @@
 """Everything kubetune asks of Evidently (0.7.x), in one place, because its API moves.
 
-- text descriptors that work offline, as Evidently custom descriptors: length, word count and
-  non-letter share (vectorised with pandas string methods: Evidently's built-ins apply a Python
-  function per row) and sentiment (VADER from the `vaderSentiment` wheel: Evidently's built-in
-  Sentiment asks NLTK to download its lexicon);
-- per-column drift through one `Report` of `ValueDrift` metrics: descriptor columns with
-  Evidently's automatic test choice, text columns with the domain-classifier text-content drift;
+- per-column drift with Evidently's own statistical tests, called directly: descriptor columns
+  with its automatic test choice (K-S up to 1,000 rows, normed Wasserstein or Jensen-Shannon
+  above), text columns with its domain-classifier text-content drift. A `Report` also renders a
+  Plotly widget per metric (about 40% of its run time), which only the HTML page needs;
+- the HTML page: one `Report` of `ValueDrift` metrics over the same frames (descriptors computed
+  once, in `descriptors`), built only when a report is asked for; it runs the same tests on the
+  same rows, so its verdicts are the JSON summary's;
 - embedding drift by calling Evidently's drift method directly (the `EmbeddingsDrift` metric in a
   Report also computes a t-SNE plot, about a minute on 10k rows).
 """
@@ -20,16 +21,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .descriptors import SENTIMENT_SAMPLE, sentiment, text_stats
+
 TEXT_CONTENT_METHOD = "abs_text_content_drift"
 TEXT_CONTENT_THRESHOLD = 0.55
 """ROC AUC of a TF-IDF domain classifier telling reference from current; 0.5 means alike."""
 EMBEDDING_THRESHOLD = 0.55
 """ROC AUC of a linear classifier on the embeddings."""
 DESCRIPTORS = ("length", "words", "non_letter", "sentiment")
-SENTIMENT_SAMPLE = 2500
-"""Rows per side scored with VADER (evenly spaced, so a time-ordered log is covered end to end);
-the others are left empty and Evidently's drift test skips them. VADER costs ~0.1-0.4 ms a text,
-the most expensive descriptor by far; 2,500 values per side are plenty for a distribution test."""
 
 
 @dataclass(frozen=True)
@@ -48,137 +47,102 @@ class Signal:
         return out
 
 
-_vader = None
-
-
-def _sentiment(column):
-    """VADER compound score per text, in [-1, 1]."""
-    global _vader
-    from evidently.core.datasets import DatasetColumn
-    from evidently.legacy.core import ColumnType
-
-    if _vader is None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        _vader = SentimentIntensityAnalyzer()
-    polarity = _vader.polarity_scores
-    data = column.data
-    values = pd.Series(np.nan, index=data.index, dtype=float)
-    step = max(1, -(-len(data) // SENTIMENT_SAMPLE))  # ceil: at most SENTIMENT_SAMPLE rows
-    picked = data.iloc[::step]
-    values.iloc[::step] = picked.map(lambda v: polarity(v[:2000])["compound"] if isinstance(v, str) and v else 0.0)
-    return DatasetColumn(ColumnType.Numerical, values)
-
-
-def _numeric(values: pd.Series):
-    from evidently.core.datasets import DatasetColumn
-    from evidently.legacy.core import ColumnType
-
-    return DatasetColumn(ColumnType.Numerical, values.astype(float))
-
-
-def _length(column):
-    """Characters per text (vectorised; Evidently's TextLength applies a Python function per row)."""
-    return _numeric(column.data.fillna("").astype(str).str.len())
-
-
-def _words(column):
-    """Whitespace-separated words per text."""
-    return _numeric(column.data.fillna("").astype(str).str.count(r"\S+"))
-
-
-def _non_letter(column):
-    """Share of characters that are neither letters nor whitespace (digits, punctuation, symbols)."""
-    text = column.data.fillna("").astype(str)
-    length = text.str.len()
-    other = length - text.str.count(r"[^\W\d_]") - text.str.count(r"\s")
-    return _numeric((other / length.where(length > 0)).fillna(0.0))
-
-
-def _descriptors(columns: list[str]) -> list:
-    from evidently.descriptors import CustomColumnDescriptor
-
-    out = []
+def describe(frame: pd.DataFrame, columns: list[str], *, sentiment_sample: int = SENTIMENT_SAMPLE) -> pd.DataFrame:
+    """The text columns plus `<col>.<descriptor>` numeric columns, each computed once."""
+    out = {col: frame[col] for col in columns}
     for col in columns:
-        out += [
-            CustomColumnDescriptor(col, _length, alias=f"{col}.length"),
-            CustomColumnDescriptor(col, _words, alias=f"{col}.words"),
-            CustomColumnDescriptor(col, _non_letter, alias=f"{col}.non_letter"),
-            CustomColumnDescriptor(col, _sentiment, alias=f"{col}.sentiment"),
-        ]
-    return out
+        texts = frame[col].tolist()
+        for name, values in text_stats(texts).items():
+            out[f"{col}.{name}"] = values
+        out[f"{col}.sentiment"] = sentiment(texts, sentiment_sample)
+    return pd.DataFrame(out, index=frame.index)
 
 
-class TextDriftRun:
-    """One Evidently report over the text columns of two frames; keeps the snapshot for HTML."""
+def _stattest(reference: pd.Series, current: pd.Series, kind: str, method: str | None, threshold: float | None):
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    column_type = ColumnType.Text if kind == "text" else ColumnType.Numerical
+    test = get_stattest(reference, current, column_type, method)
+    return test, test(reference, current, column_type, threshold)
+
+
+def value_drift(
+    name: str,
+    reference: pd.Series,
+    current: pd.Series,
+    *,
+    kind: str = "num",
+    method: str | None = None,
+    threshold: float | None = None,
+) -> Signal:
+    """One column's drift as Evidently's `ValueDrift` computes it (same cleaning, test choice and
+    thresholds), without the plot data and widget."""
+    if kind == "num":
+        reference = reference.replace([-np.inf, np.inf], np.nan).dropna()
+        current = current.replace([-np.inf, np.inf], np.nan).dropna()
+    if reference.empty or current.empty:
+        return Signal(name, None, method or "auto", threshold, False, "no values to compare")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        test, result = _stattest(reference, current, kind, method, threshold)
+    score = float(result.drift_score)
+    return Signal(
+        name=name,
+        score=None if np.isnan(score) else score,
+        method=test.display_name,
+        threshold=None if result.actual_threshold is None else float(result.actual_threshold),
+        drifted=bool(result.drifted),
+    )
+
+
+class TextDrift:
+    """Descriptor and text-content drift of the text columns of two frames, and its HTML page."""
 
     def __init__(self, reference: pd.DataFrame, current: pd.DataFrame, columns: list[str], *, content: bool = True):
+        self.columns = columns
+        self.content = content
+        self.notes: list[str] = []
+        self.reference = describe(reference, columns)
+        self.current = describe(current, columns)
+
+    def signals(self) -> list[Signal]:
+        out = []
+        for col in self.columns:
+            for d in DESCRIPTORS:
+                name = f"{col}.{d}"
+                out.append(value_drift(name, self.reference[name], self.current[name]))
+        if not self.content:
+            return out
+        for col in self.columns:
+            try:
+                out.append(value_drift(f"{col}.content", self.reference[col], self.current[col], kind="text",
+                                       method=TEXT_CONTENT_METHOD, threshold=TEXT_CONTENT_THRESHOLD))
+            except ValueError as exc:  # the TF-IDF vocabulary can be empty (tiny or stop-word-only texts)
+                note = f"{col} text-content drift skipped: {exc}"
+                self.notes.append(note)
+                out.append(Signal(f"{col}.content", None, TEXT_CONTENT_METHOD, TEXT_CONTENT_THRESHOLD, False, note))
+        return out
+
+    def report(self):
+        """Evidently's run of the same tests on the same rows, with its widgets (for the HTML page)."""
         from evidently import DataDefinition, Dataset, Report
         from evidently.metrics import ValueDrift
 
-        self.columns = columns
-        self.notes: list[str] = []
-        definition = DataDefinition(text_columns=list(columns))
-        descriptors = _descriptors(columns)
+        numeric = [f"{col}.{d}" for col in self.columns for d in DESCRIPTORS]
+        definition = DataDefinition(text_columns=list(self.columns), numerical_columns=numeric)
+        metrics = [ValueDrift(column=name) for name in numeric]
+        content = [ValueDrift(column=col, method=TEXT_CONTENT_METHOD, threshold=TEXT_CONTENT_THRESHOLD)
+                   for col in self.columns if self.content and not any(n.startswith(f"{col} ") for n in self.notes)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref = Dataset.from_pandas(reference[columns], data_definition=definition, descriptors=descriptors)
-            cur = Dataset.from_pandas(current[columns], data_definition=definition, descriptors=descriptors)
-        metrics = [ValueDrift(column=f"{col}.{d}") for col in columns for d in DESCRIPTORS]
-        content_metrics = [
-            ValueDrift(column=col, method=TEXT_CONTENT_METHOD, threshold=TEXT_CONTENT_THRESHOLD) for col in columns
-        ]
-        self.snapshot = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if content:
-                try:
-                    self.snapshot = Report(metrics + content_metrics, include_tests=True).run(cur, ref)
-                except ValueError as exc:
-                    # The TF-IDF vocabulary can be empty (tiny or stop-word-only texts).
-                    self.notes.append(f"text-content drift skipped: {exc}")
-            if self.snapshot is None:
-                self.snapshot = Report(metrics, include_tests=True).run(cur, ref)
-
-    def signals(self) -> list[Signal]:
-        data = self.snapshot.dict()
-        verdicts = {}
-        for test in data.get("tests", []):
-            params = test.get("metric_config", {}).get("params", {})
-            verdicts[params.get("column")] = test.get("status") == "FAIL"
-        out = []
-        for metric in data["metrics"]:
-            config = metric.get("config", {})
-            if not config.get("type", "").endswith("ValueDrift"):
-                continue
-            column = config["column"]
-            name = column if "." in column else f"{column}.content"
-            value = metric.get("value")
-            score = None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
-            out.append(
-                Signal(
-                    name=name,
-                    score=score,
-                    method=_method_name(metric.get("metric_name", ""), config.get("method")),
-                    threshold=config.get("threshold"),
-                    drifted=bool(verdicts.get(column, False)),
-                )
-            )
-        for col in self.columns:
-            if self.notes and not any(s.name == f"{col}.content" for s in out):
-                out.append(Signal(f"{col}.content", None, TEXT_CONTENT_METHOD, TEXT_CONTENT_THRESHOLD, False, self.notes[0]))
-        return out
+            ref = Dataset.from_pandas(self.reference, data_definition=definition)
+            cur = Dataset.from_pandas(self.current, data_definition=definition)
+            return Report(metrics + content, include_tests=True).run(cur, ref)
 
     def save_html(self, path: Path) -> None:
-        self.snapshot.save_html(str(path))
-
-
-def _method_name(metric_name: str, fallback: str | None) -> str:
-    # metric_name looks like "ValueDrift(column=x,method=K-S p_value,threshold=0.05)"
-    marker = "method="
-    if marker in metric_name:
-        return metric_name.split(marker, 1)[1].split(",threshold", 1)[0].rstrip(")")
-    return fallback or "auto"
+        """Evidently's page: distributions and verdicts per signal, typical words of drifted text."""
+        self.report().save_html(str(path))
 
 
 def embedding_drift(

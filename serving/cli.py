@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     gw.add_argument("--port", type=int, default=_env("PORT", "8080"), help="port (default 8080; 0 picks a free one)")
     gw.add_argument("--gateway-only", action="store_true",
                     help="no local engine: proxy to --upstream (implied by --upstream without --model)")
+    gw.add_argument("--workers", type=int, default=_env("WORKERS", "1"),
+                    help="gateway processes sharing the port (SO_REUSEPORT) under a supervisor; one core "
+                         "each (default 1; more needs --gateway-only)")
     gw.add_argument("--upstream", default=_env("UPSTREAM"), help="engine base URL, e.g. http://127.0.0.1:8000")
     gw.add_argument("--upstream-api-key-file", default=_env("UPSTREAM_API_KEY_FILE"),
                     help="file holding the key the engine expects (vLLM --api-key)")
@@ -73,6 +76,9 @@ def register(subparsers) -> None:
     gw.add_argument("--safety-scorer", "--safety", dest="safety_scorer", default=_env("SAFETY_SCORER", "offline"), choices=["offline", "llamaGuard", "none"])
     gw.add_argument("--safety-endpoint", default=_env("SAFETY_ENDPOINT"), help="Llama Guard endpoint (llamaGuard)")
     gw.add_argument("--safety-action", default=_env("SAFETY_ACTION", "flag"), choices=["log", "flag", "block"])
+    gw.add_argument("--safety-process", action=argparse.BooleanOptionalAction,
+                    default=_env("SAFETY_PROCESS", "true").lower() not in ("0", "false", "no"),
+                    help="run the offline scorer in a child process, off the gateway's GIL (default on)")
     gw.add_argument("--max-request-bytes", type=int, default=_env("MAX_REQUEST_BYTES", str(1024 * 1024)))
     gw.add_argument("--max-tokens", type=int, default=_env("MAX_TOKENS", "4096"),
                     help="largest max_tokens a request may ask for (default 4096)")
@@ -96,6 +102,7 @@ def _gateway_config(args, upstream: str):
         log_backups=args.log_backups, safety_scorer=args.safety_scorer, safety_endpoint=args.safety_endpoint,
         safety_action=args.safety_action, max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
         upstream_timeout=args.upstream_timeout, canary_config=args.canary_config, seed=args.seed,
+        safety_process=args.safety_process,
     )
 
 
@@ -116,11 +123,24 @@ def run(args) -> int:
     elif not args.model:
         print("kubetune serve: give --model DIR (local engine) or --gateway-only --upstream URL", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"kubetune serve: --workers {args.workers}: must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not args.gateway_only:
+        print("kubetune serve: --workers > 1 runs gateway processes in front of an engine: use it with "
+              "--gateway-only --upstream URL", file=sys.stderr)
+        return 2
     from .server import serve_forever
 
     try:
-        code = serve_forever(args, _gateway_config)
-    except (ValueError, FileNotFoundError) as exc:
+        if args.workers > 1:
+            from .supervisor import run_supervisor
+
+            code = run_supervisor(_gateway_config(args, args.upstream), host=args.host, port=args.port,
+                                  workers=args.workers, log_level=args.log_level)
+        else:
+            code = serve_forever(args, _gateway_config)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"kubetune serve: {exc}", file=sys.stderr)
         return 2
     # Everything is flushed and closed by now; skip the interpreter's teardown of torch's

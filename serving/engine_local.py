@@ -3,13 +3,16 @@
 It answers the same endpoints as vLLM's OpenAI server, including the runtime LoRA API
 (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, with vLLM's request shape), so the
 gateway and the operator's adapter client work against either. Generation runs on one worker
-thread, one request at a time (a CPU has nothing to gain from interleaving), and never on the
-event loop; streamed tokens cross back to the loop through an asyncio queue.
+thread, never on the event loop. Requests that arrive together for the same model with the same
+decoding settings are generated together in one left-padded batch (static batching: a batch
+runs until its longest answer ends), which on a CPU multiplies throughput for concurrent
+clients; streamed tokens cross back to the loop through an asyncio queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -17,6 +20,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,13 @@ from .openai_shapes import content_text, validate_request
 log = logging.getLogger("kubetune.serving.engine")
 
 DEFAULT_MAX_TOKENS = 64
+DEFAULT_MAX_BATCH_SIZE = 8
+"""Concurrent requests generated together; on 2 CPU cores a batch of 8 costs little more per
+step than one request (decoding is bound by reading the weights, not by arithmetic)."""
+DEFAULT_BATCH_WINDOW_S = 0.05
+"""How long a batch that is not full waits for companions before it starts: nothing next to a
+generation of seconds, and long enough for the clients of the previous batch, answered together,
+to send their next requests through the gateway."""
 
 
 @dataclass
@@ -64,7 +75,8 @@ class LocalEngine:
 
     def __init__(self, model_dir: str | os.PathLike, *, served_name: str | None = None,
                  adapters: dict[str, str] | None = None, max_model_len: int | None = None,
-                 trust_remote_code: bool = False, dtype: str = "float32", threads: int | None = None):
+                 trust_remote_code: bool = False, dtype: str = "float32", threads: int | None = None,
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, batch_window_s: float = DEFAULT_BATCH_WINDOW_S):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"--model {self.model_dir}: no config.json there; expected a Hugging Face model folder")
@@ -74,7 +86,15 @@ class LocalEngine:
         self.threads = threads
         self._max_model_len = max_model_len
         self.adapters: dict[str, str] = {}  # name -> path
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if batch_window_s < 0:
+            raise ValueError(f"batch_window_s must not be negative, got {batch_window_s}")
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._queue: list[_Pending] = []
+        self._queue_cond = threading.Condition()
         self.created = int(time.time())
         self._load_base()
         for name, path in (adapters or {}).items():
@@ -131,46 +151,129 @@ class LocalEngine:
         log.info("unloaded adapter %s", name)
 
     def _generate(self, job: GenerationJob, on_text=None) -> GenerationResult:
+        """One request on its own (the batcher's path with a batch of one)."""
+        return self._generate_batch([(job, on_text)])[0]
+
+    def _generate_batch(self, items: list[tuple[GenerationJob, Callable | None]]) -> list[GenerationResult]:
+        """Generate for several requests in one left-padded `generate` call.
+
+        All jobs must share the model and the sampling settings (`_batch_key`). Each row stops on
+        its own (EOS, its max_tokens, a stop string, cancellation) and its text is streamed to its
+        own `on_text`; finished rows ride along as padding until the longest one ends.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
-        class _Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), job.cancelled.is_set(), dtype=torch.bool)
+        jobs = [job for job, _ in items]
+        model_name = jobs[0].model
+        if any(_batch_key(j) != _batch_key(jobs[0]) for j in jobs[1:]):
+            raise ValueError("a batch must share the model and the sampling settings")
+        if model_name != self.served_name and model_name not in self.adapters:
+            raise ApiError(404, f"The model `{model_name}` does not exist.", param="model", code="model_not_found")
+        rows = [_Row(self.tokenizer, job, on_text, self.eos_ids) for job, on_text in items]
 
-        if job.model != self.served_name and job.model not in self.adapters:
-            raise ApiError(404, f"The model `{job.model}` does not exist.", param="model", code="model_not_found")
-        streamer = _DeltaStreamer(self.tokenizer, job, on_text)
+        class _TrackRows(StoppingCriteria):
+            # Called once per step after the new token is appended: each row takes its token.
+            def __call__(self, input_ids, scores, **kwargs):
+                last = input_ids[:, -1].tolist()
+                return torch.tensor([row.accept(t) for row, t in zip(rows, last)], dtype=torch.bool,
+                                    device=input_ids.device)
+
+        width = max(len(j.prompt_ids) for j in jobs)
+        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, job in enumerate(jobs):
+            input_ids[i, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            attention_mask[i, width - len(job.prompt_ids):] = 1
+        first = jobs[0]
         kwargs = dict(
-            max_new_tokens=job.max_tokens,
-            do_sample=job.temperature > 0,
+            max_new_tokens=max(j.max_tokens for j in jobs),
+            do_sample=first.temperature > 0,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids or None,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled()]),
+            stopping_criteria=StoppingCriteriaList([_TrackRows()]),
         )
-        if job.temperature > 0:
-            kwargs.update(temperature=job.temperature, top_p=job.top_p, top_k=0)
-        if job.seed is not None:
-            torch.manual_seed(job.seed)
-        input_ids = torch.tensor([job.prompt_ids], dtype=torch.long)
+        if first.temperature > 0:
+            kwargs.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+        if first.seed is not None:  # a seeded request is always alone in its batch
+            torch.manual_seed(first.seed)
         try:
             with torch.inference_mode():
-                if self.adapters and job.model == self.served_name:
+                if self.adapters and model_name == self.served_name:
                     with self.model.disable_adapter():
-                        output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                                     **kwargs)
+                        self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
                 else:
                     if self.adapters:
-                        self.model.set_adapter(job.model)
-                    output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                                 **kwargs)
+                        self.model.set_adapter(model_name)
+                    self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
-            streamer.end()
-        generated = output[0, len(job.prompt_ids):].tolist()
-        hit_eos = bool(generated) and generated[-1] in self.eos_ids
-        finish = "stop" if hit_eos or streamer.stopped or len(generated) < job.max_tokens else "length"
-        return GenerationResult(streamer.text, len(job.prompt_ids), len(generated), finish)
+            for row in rows:
+                row.end()
+        return [row.result() for row in rows]
+
+    # ------------------------------------------------------------------ batching (event loop -> worker thread)
+
+    def _submit(self, job: GenerationJob, on_text=None) -> asyncio.Future:
+        """Queue a job for the worker thread; the future resolves to its GenerationResult."""
+        pending = _Pending(job, on_text, concurrent.futures.Future())
+        with self._queue_cond:
+            self._queue.append(pending)
+            self._queue_cond.notify_all()
+        try:
+            self.executor.submit(self._run_next_batch)
+        except RuntimeError:  # the executor is shut down
+            with self._queue_cond:
+                if pending in self._queue:
+                    self._queue.remove(pending)
+            raise ApiError(503, "the engine is shutting down") from None
+        return asyncio.wrap_future(pending.future)
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest queued job and the queued jobs that can share its batch (worker thread).
+
+        Waits up to `batch_window_s` for companions, so requests sent together (a burst, or the
+        next requests of clients answered together by the previous batch) are generated together
+        instead of one and then the rest.
+        """
+        with self._queue_cond:
+            while self._queue:
+                first = self._queue[0]
+                if first.future.set_running_or_notify_cancel():
+                    break
+                self._queue.pop(0)  # its caller gave up before it started
+            else:
+                return []
+            key = _batch_key(first.job)
+            batch = [first]
+            if key is not None:
+                deadline = time.monotonic() + self.batch_window_s
+                while True:
+                    batch = [first] + [p for p in self._queue[1:] if _batch_key(p.job) == key][: self.max_batch_size - 1]
+                    remaining = deadline - time.monotonic()
+                    if len(batch) >= self.max_batch_size or remaining <= 0:
+                        break
+                    self._queue_cond.wait(remaining)
+            taken = []
+            for pending in batch:
+                self._queue.remove(pending)
+                if pending is first or pending.future.set_running_or_notify_cancel():
+                    taken.append(pending)
+            return taken
+
+    def _run_next_batch(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return  # an earlier batch took this submission's job
+        if len(batch) > 1:
+            log.debug("generating %d requests for %s in one batch", len(batch), batch[0].job.model)
+        try:
+            results = self._generate_batch([(p.job, p.on_text) for p in batch])
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the error
+            for pending in batch:
+                pending.future.set_exception(exc)
+            return
+        for pending, result in zip(batch, results):
+            pending.future.set_result(result)
 
     # ------------------------------------------------------------------ requests -> jobs (event loop)
 
@@ -237,6 +340,10 @@ class LocalEngine:
 
     async def _shutdown(self, _app) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
+        with self._queue_cond:
+            left, self._queue = self._queue, []
+        for pending in left:
+            pending.future.cancel()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -285,7 +392,11 @@ class LocalEngine:
         if body.get("stream"):
             usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, job, rid, usage)
-        result = await self._run(self._generate, job)
+        try:
+            result = await self._submit(job)
+        except asyncio.CancelledError:
+            job.cancelled.set()  # the client left: its row stops at the next step
+            raise
         usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                  "total_tokens": result.prompt_tokens + result.completion_tokens}
         if kind == "chat":
@@ -305,7 +416,7 @@ class LocalEngine:
         def on_text(piece):  # worker thread -> event loop
             loop.call_soon_threadsafe(queue.put_nowait, piece)
 
-        future = loop.run_in_executor(self.executor, self._generate, job, on_text)
+        future = self._submit(job, on_text)
         created = int(time.time())
         chat = job.kind == "chat"
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -353,37 +464,67 @@ class LocalEngine:
         return response
 
 
-class _DeltaStreamer:
-    """transformers streamer: decodes new tokens to text deltas, holds back split UTF-8, applies stops."""
+@dataclass
+class _Pending:
+    """A queued job, the callback for its text and the future its caller awaits."""
 
-    def __init__(self, tokenizer, job: GenerationJob, on_text):
+    job: GenerationJob
+    on_text: Callable | None
+    future: concurrent.futures.Future
+
+
+def _batch_key(job: GenerationJob) -> tuple | None:
+    """Jobs with equal keys can share a generate call; None: this job runs alone.
+
+    A batch runs one model (the base or one adapter) with one decoding setting. A seeded request
+    runs alone, so its seed alone decides its sample, as a user of `seed` expects.
+    """
+    if job.seed is not None:
+        return None
+    sampling = ("greedy",) if job.temperature <= 0 else ("sample", job.temperature, job.top_p)
+    return (job.model, *sampling)
+
+
+class _Row:
+    """One request's share of a batch: its new tokens, its text so far, whether it is done.
+
+    Decodes the whole answer each step (holding back split UTF-8), cuts at stop strings and
+    hands text deltas to `on_text`; a row is done at EOS, at its max_tokens, at a stop string or
+    when its client is gone.
+    """
+
+    def __init__(self, tokenizer, job: GenerationJob, on_text, eos_ids: list[int]):
         self.tokenizer = tokenizer
         self.job = job
         self.on_text = on_text
+        self.eos_ids = eos_ids
         self.ids: list[int] = []
         self.sent = 0
         self.text = ""
-        self.prompt_seen = False
+        self.hit_eos = False
         self.stopped = False
+        self.done = False
         self.ended = False
 
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        if self.stopped:
-            return
-        self.ids.extend(value.reshape(-1).tolist())
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if full.endswith("\ufffd"):
-            return  # a multi-byte character is not complete yet
-        for stop in self.job.stop:
-            at = full.find(stop)
-            if at != -1:
-                full = full[:at]
-                self.stopped = True
-                self.job.cancelled.set()
-        self._emit(full)
+    def accept(self, token: int) -> bool:
+        """Take this step's token; returns whether the row is done (its later tokens are padding)."""
+        if self.done:
+            return True
+        self.ids.append(token)
+        if token in self.eos_ids:
+            self.hit_eos = True
+        else:
+            full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            if not full.endswith("\ufffd"):  # else a multi-byte character is not complete yet
+                for stop in self.job.stop:
+                    at = full.find(stop)
+                    if at != -1:
+                        full = full[:at]
+                        self.stopped = True
+                self._emit(full)
+        self.done = (self.hit_eos or self.stopped or self.job.cancelled.is_set()
+                     or len(self.ids) >= self.job.max_tokens)
+        return self.done
 
     def _emit(self, full: str) -> None:
         if len(full) > self.sent:
@@ -401,6 +542,10 @@ class _DeltaStreamer:
             self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if self.on_text:
             self.on_text(None)
+
+    def result(self) -> GenerationResult:
+        finish = "stop" if self.hit_eos or self.stopped or len(self.ids) < self.job.max_tokens else "length"
+        return GenerationResult(self.text, len(self.job.prompt_ids), len(self.ids), finish)
 
 
 def _eos_ids(*values) -> list[int]:

@@ -26,6 +26,7 @@ from .errors import ApiError, normalise_error_body, openai_errors
 from .metrics import GatewayMetrics
 from .openai_shapes import chunk_text, flatten_messages, flatten_prompt, response_text, validate_request
 from .payload_log import PayloadLogger, rfc3339
+from .peers import PeerForwarder
 from .safety_batcher import SafetyBatcher
 
 log = logging.getLogger("kubetune.serving.gateway")
@@ -58,6 +59,14 @@ class GatewayConfig:
     models_ttl: float = 10.0
     reload_interval: float = 1.0  # how often the keys and canary files are checked for changes
     seed: int | None = None
+    # The offline scorer in a child process of its own (its model holds the GIL for ~80 ms a
+    # batch); Llama Guard is network-bound and stays on the batcher's thread.
+    safety_process: bool = True
+    # Set by the supervisor for `--workers N`: which worker this is, how many there are, and the
+    # private folder holding each worker's Unix socket (feedback for a request another worker served).
+    worker_index: int | None = None
+    worker_count: int = 1
+    peer_dir: str | None = None
 
     def check(self) -> None:
         """Every bad setting at once, naming the flag."""
@@ -111,18 +120,33 @@ class Gateway:
                           buffer_size=config.feedback_buffer, seed=config.seed)
             if config.log_dir else None
         )
-        try:
-            self.scorer = None if config.safety_scorer == "none" else make_scorer(config.safety_scorer,
-                                                                                  config.safety_endpoint)
-        except ImportError as exc:
-            raise ValueError(f"--safety-scorer {config.safety_scorer}: not available in this build ({exc})") from None
-        self.safety = SafetyBatcher(self.scorer) if self.scorer is not None else None
+        # Before the scorer: a bad canary file fails at once, with no scorer process to stop.
         self.canary = CanaryRouter(config.canary_config, seed=config.seed, on_change=self._canary_changed,
                                    check_interval=config.reload_interval)
+        self.scorer = self._make_scorer(config)
+        self.safety = SafetyBatcher(self.scorer) if self.scorer is not None else None
         self._models: dict[str, str | None] = {}  # served name -> parent (None for a base model)
         self._models_at = -1e9
         self._models_lock = asyncio.Lock()
         self.session: aiohttp.ClientSession | None = None
+        self.peers = PeerForwarder(config.peer_dir, config.worker_index) if config.worker_index is not None else None
+        self._rid_prefix = "req-" if config.worker_index is None else f"req-w{config.worker_index}-"
+
+    @staticmethod
+    def _make_scorer(config: GatewayConfig):
+        if config.safety_scorer == "none":
+            return None
+        try:
+            if config.safety_scorer == "offline" and config.safety_process:
+                from .safety_process import ProcessScorer, ScorerProcessError
+
+                try:
+                    return ProcessScorer(config.safety_scorer, config.safety_endpoint)
+                except ScorerProcessError as exc:
+                    raise ValueError(f"--safety-scorer {config.safety_scorer}: the scorer process {exc}") from None
+            return make_scorer(config.safety_scorer, config.safety_endpoint)
+        except ImportError as exc:
+            raise ValueError(f"--safety-scorer {config.safety_scorer}: not available in this build ({exc})") from None
 
     # ------------------------------------------------------------------ app wiring
 
@@ -150,6 +174,8 @@ class Gateway:
     async def _stop(self, _app=None) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.peers is not None:
+            await self.peers.close()
         self.close_logs()
 
     def close_logs(self) -> None:
@@ -160,9 +186,9 @@ class Gateway:
             self.payloads.close()
 
     def _canary_changed(self, routes) -> None:
-        self.metrics.canary_weight.clear()
+        self.metrics.clear_canary_weights(routes)
         for name, route in routes.items():
-            self.metrics.canary_weight.labels(adapter=name).set(route.weight)
+            self.metrics.set_canary_weight(name, route.weight)
 
     # ------------------------------------------------------------------ helpers
 
@@ -289,7 +315,11 @@ class Gateway:
         if self.payloads is None:
             raise ApiError(400, "payload logging is off on this gateway (start it with --log-dir): "
                                 "feedback cannot be recorded", code="feedback_disabled")
-        written = self.payloads.feedback(rid, rating, comment)
+        owner = self.peers.owner(rid, self.config.worker_count) if self.peers is not None else None
+        if owner is not None:  # another worker served it and holds its record
+            written = await self.peers.forward(owner, rid, rating, comment)
+        else:
+            written = self.payloads.feedback(rid, rating, comment)
         if written is None:
             raise ApiError(404, f"request {rid!r} is unknown or too old to take feedback", param="id",
                            code="request_not_found")
@@ -304,7 +334,7 @@ class Gateway:
     # ------------------------------------------------------------------ the request path
 
     async def _complete(self, request: web.Request, kind: str, path: str) -> web.StreamResponse:
-        rid = "req-" + uuid.uuid4().hex
+        rid = self._rid_prefix + uuid.uuid4().hex
         out = _Outcome()
         started = out.started
         try:
@@ -386,14 +416,15 @@ class Gateway:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                    "x-request-id": rid})
             await response.prepare(request)
-            datas: list[bytes] = []
+            forwarded: list[bytes] = []  # everything sent, parsed once after the stream ended
             held: list[bytes] = []
             upstream_id = b""
             ours = b'"' + rid.encode() + b'"'
             pending = b""
             try:
                 # Forward what arrives as soon as it holds whole SSE events: one write per network
-                # read, not per line, and never a re-chunked or delayed event.
+                # read, not per line, and never a re-chunked or delayed event. Work here is per read,
+                # not per event: the id is swapped in the whole read at once.
                 async for piece in resp.content.iter_any():
                     if b"\r" in piece:
                         piece = piece.replace(b"\r\n", b"\n")
@@ -402,31 +433,23 @@ class Gateway:
                     if cut < 0:
                         continue
                     complete, pending = pending[:cut + 2], pending[cut + 2:]
-                    outgoing = []
-                    for event in complete.split(b"\n\n")[:-1]:
-                        data = event[5:].strip() if event.startswith(b"data:") else b""
-                        if data and data != b"[DONE]":
-                            if not upstream_id:
-                                try:
-                                    upstream_id = b'"' + json.loads(data).get("id", "").encode() + b'"'
-                                except (ValueError, AttributeError):
-                                    upstream_id = b'""'
-                            if upstream_id != b'""':
-                                event = event.replace(upstream_id, ours, 1)
-                            datas.append(data)
-                            if not client_usage and (b'"usage":{' in data or b'"usage": {' in data) \
-                                    and _is_usage_only(data):
-                                continue  # the usage chunk we asked for on the client's behalf
-                        outgoing.append(event + b"\n\n")
-                    if not outgoing:
-                        continue
+                    if not upstream_id:
+                        upstream_id = _first_id(complete)
+                    if len(upstream_id) > 2:  # b"" (not seen yet) and b'""' (none) swap nothing
+                        complete = complete.replace(upstream_id, ours)
+                    forwarded.append(complete)
+                    if not client_usage and b'"usage"' in complete:
+                        complete = _drop_usage_only(complete)  # the usage chunk we asked for on its behalf
+                        if not complete:
+                            continue
                     if out.ttft is None:  # from the request's arrival, as the client sees it
                         out.ttft = time.perf_counter() - out.started
                     if hold:
-                        held.extend(outgoing)
+                        held.append(complete)
                     else:
-                        await response.write(b"".join(outgoing))
+                        await response.write(complete)
                 if pending.strip():  # an engine that ended without the closing blank line
+                    forwarded.append(pending)
                     if hold:
                         held.append(pending)
                     else:
@@ -440,7 +463,7 @@ class Gateway:
                 return response
         finally:
             resp.release()
-        self._assemble(kind, datas, out)
+        self._assemble(kind, _event_datas(b"".join(forwarded)), out)
         if hold:
             out.safety = await self._score(out.prompt, out.text)
             if out.safety is not None and out.safety.flagged:
@@ -515,6 +538,33 @@ class Gateway:
                 "completionTokens": out.completion_tokens, "latencyMs": round(elapsed * 1000, 3),
                 "safety": safety, "feedback": None,
             })
+
+
+def _first_id(events: bytes) -> bytes:
+    """The upstream's response id, quoted as it appears in the JSON (b'""' when it has none)."""
+    for data in _event_datas(events):
+        try:
+            return b'"' + json.loads(data).get("id", "").encode() + b'"'
+        except (ValueError, AttributeError, TypeError):
+            return b'""'
+    return b""  # no data event yet: look again in the next read
+
+
+def _event_datas(events: bytes) -> list[bytes]:
+    """The `data:` payloads of whole SSE events, without `[DONE]`."""
+    out = []
+    for event in events.split(b"\n\n"):
+        if event.startswith(b"data:"):
+            data = event[5:].strip()
+            if data and data != b"[DONE]":
+                out.append(data)
+    return out
+
+
+def _drop_usage_only(events: bytes) -> bytes:
+    kept = [e for e in events.split(b"\n\n")[:-1]
+            if not (e.startswith(b"data:") and b'"usage"' in e and _is_usage_only(e[5:].strip()))]
+    return b"".join(e + b"\n\n" for e in kept)
 
 
 def _is_usage_only(data: bytes) -> bool:

@@ -2,10 +2,16 @@
 
 Each gateway owns its registry, so several gateways can live in one process (tests, the
 benchmark) without clashing, and /metrics shows exactly this gateway's series.
+
+With `--workers N` the supervisor sets PROMETHEUS_MULTIPROC_DIR (a private folder it owns):
+prometheus_client then keeps every worker's values in files there, and /metrics on any worker
+shows the sum over all of them (counters and histograms summed, the canary weight as the one
+most recently set by a live worker), so a scrape does not depend on which worker answers it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +34,7 @@ class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -52,8 +59,9 @@ class GatewayMetrics:
         )
         self.canary_weight = Gauge(
             "kubetune_gateway_canary_weight", "Percent of an adapter's traffic sent to its canary version.",
-            ["adapter"], registry=r,
+            ["adapter"], registry=r, multiprocess_mode="livemostrecent",
         )
+        self._canary_adapters: set[str] = set()
 
         self._per_model: dict[str, ModelSeries] = {}
         self._request_counters: dict[tuple[str, str, int], object] = {}
@@ -74,5 +82,24 @@ class GatewayMetrics:
                                                                       status=str(status))
         return child
 
+    def set_canary_weight(self, adapter: str, weight: float) -> None:
+        self.canary_weight.labels(adapter=adapter).set(weight)
+        self._canary_adapters.add(adapter)
+
+    def clear_canary_weights(self, keep) -> None:
+        """Drop the series of routes that are gone (across workers: their weight becomes 0)."""
+        if self.multiprocess_dir is None:
+            self.canary_weight.clear()
+        else:  # the value files outlive a cleared child; a 0 there is what the others see
+            for adapter in self._canary_adapters - set(keep):
+                self.canary_weight.labels(adapter=adapter).set(0)
+        self._canary_adapters &= set(keep)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)

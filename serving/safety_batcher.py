@@ -122,3 +122,6 @@ class SafetyBatcher:
         self._thread.join()
         while items := self._take():  # a submit that raced with close() is scored here, not lost
             self._score_and_call(items)
+        stop = getattr(self.scorer, "close", None)  # a scorer process, for one
+        if stop is not None:
+            stop()

@@ -53,6 +53,11 @@ def _offline_defaults(local: bool) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # A workstation is shared: idle OpenMP threads that spin (the default) steal the cores
+        # the other workers and processes need; on this 2-core machine under load a SmolLM2
+        # step took several times longer spinning than sleeping. Must be set before torch loads;
+        # Ray workers started here inherit it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run_train(args: argparse.Namespace) -> int:

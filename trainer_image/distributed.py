@@ -93,8 +93,29 @@ class _Drain(threading.Thread):
         self.join(timeout=30)
 
 
+def use_reserved_cpus() -> int:
+    """Give torch one thread per CPU Ray reserved for this worker; returns the thread count.
+
+    Ray exports OMP_NUM_THREADS=<num_cpus> to an actor that reserves CPUs (and 1 to one that
+    does not), and torch sizes its pool from it at import. Setting it from the reservation
+    itself keeps a worker from training on one thread when torch was imported earlier or the
+    variable came from elsewhere, and never oversubscribes the worker's share of the node.
+    """
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus and int(cpus) >= 1 and torch.get_num_threads() != int(cpus):
+        torch.set_num_threads(int(cpus))
+    threads = torch.get_num_threads()
+    log.info("torch threads: %d (CPUs reserved by Ray for this worker: %s)", threads, cpus)
+    return threads
+
+
 def _worker_entry(config: dict[str, Any]) -> None:
     cfg: LoopConfig = config["cfg"]
+    if not cfg.use_gpu:
+        use_reserved_cpus()
     result = train_loop(cfg)
     if ray_rank() == 0:
         cfg.sink.loop_result(dataclasses.asdict(result))

@@ -14,7 +14,6 @@ import functools
 import logging
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,13 @@ class LoopConfig:
     """A ProgressSink called on rank 0 (under Ray: a relay to the driver's sinks)."""
     fail_after_step: int | None = None
     """Raise SimulatedFailure right after this step (and its checkpoint, if one is due)."""
+    attention: str = "sdpa"
+    """transformers attn_implementation. With "flex_attention" packed batches carry no mask:
+    transformers finds the samples from the restarting position_ids and builds a block mask
+    whose fully masked tiles are skipped (the 4D SDPA mask computes every tile)."""
+    compile_blocks: bool = False
+    """torch.compile every transformer block (fuses the elementwise work around the matmuls;
+    pays on GPUs after a compile of a minute or so; off by default)."""
 
 
 @dataclass
@@ -74,6 +80,24 @@ class StepPlan:
 
 
 # ---------------------------------------------------------------- pure planning
+
+
+ATTENTION_CHOICES = ("sdpa", "flex_attention")
+
+
+def gpu_options_from_env(environ) -> dict:
+    """LoopConfig's GPU speed options from KUBETUNE_ATTENTION and KUBETUNE_COMPILE_BLOCKS.
+
+    Off by default: both were measured on one H100 with Llama-shaped models
+    (bench/trainer_mfu.py); turn them on per job through the pod environment.
+    """
+    attention = environ.get("KUBETUNE_ATTENTION", "sdpa")
+    if attention not in ATTENTION_CHOICES:
+        raise TrainerConfigError(f"KUBETUNE_ATTENTION={attention!r}: use one of {', '.join(ATTENTION_CHOICES)}")
+    compile_flag = environ.get("KUBETUNE_COMPILE_BLOCKS", "0").strip().lower()
+    if compile_flag not in ("0", "1", "true", "false", ""):
+        raise TrainerConfigError(f"KUBETUNE_COMPILE_BLOCKS={compile_flag!r}: use 1 or 0")
+    return {"attention": attention, "compile_blocks": compile_flag in ("1", "true")}
 
 
 def plan_steps(num_sequences: int, world_size: int, hp: Hyperparameters) -> StepPlan:
@@ -122,16 +146,31 @@ def build_sequences(samples: list, spec: FineTuneJobSpec) -> list:
     return list(samples)
 
 
-def collate(rows: list, spec: FineTuneJobSpec, pad_id: int) -> tuple[dict, int]:
-    """(batch tensors, non-padding tokens) for one micro-batch."""
+def collate(rows: list, spec: FineTuneJobSpec, pad_id: int, *, build_mask: bool = True) -> tuple[dict, int]:
+    """(batch tensors, non-padding tokens) for one micro-batch.
+
+    `build_mask=False`: packed batches carry `segment_ids`; `to_device` builds the mask there.
+    """
     from .data_collate import collate_preference, collate_sft
 
     if spec.objective.type == "sft":
-        batch = collate_sft(rows, pad_id=pad_id, packing=spec.preprocessing.packing)
+        batch = collate_sft(rows, pad_id=pad_id, packing=spec.preprocessing.packing, build_mask=build_mask)
         return batch, sum(len(r.input_ids) for r in rows)
     batch = collate_preference(rows, pad_id=pad_id)
     tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     return batch, tokens
+
+
+def to_device(batch: dict, device: str, *, mask: bool = True) -> dict:
+    """Move a micro-batch to `device`, building a packed batch's 4D mask there from its segment ids
+    (`mask=False`: no mask, the model infers the samples from position_ids)."""
+    from .data_collate import block_causal_mask
+
+    out = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+    segments = out.pop("segment_ids", None)
+    if segments is not None:
+        out["attention_mask"] = block_causal_mask(segments) if mask else None
+    return out
 
 
 def batch_count(batch: dict, spec: FineTuneJobSpec) -> float:
@@ -269,14 +308,31 @@ class _WorkerRun:
         self.seed = self.hp.seed
 
         seed_all(self.seed)
-        model = model_init.load_model(self.spec, Path(cfg.model_dir), device=self.device)
+        gpu = self.device.startswith("cuda")
+        # flex attention has no backward on CPU and compiling there costs minutes: GPU only
+        self.attention = cfg.attention if gpu else "sdpa"
+        self.compile_blocks = cfg.compile_blocks and gpu
+        if (self.attention, self.compile_blocks) != (cfg.attention, cfg.compile_blocks) and self.rank == 0:
+            log.warning("attention=%s compile_blocks=%s apply on GPUs only; using sdpa without compile on %s",
+                        cfg.attention, cfg.compile_blocks, self.device)
+        model = model_init.load_model(self.spec, Path(cfg.model_dir), device=self.device,
+                                      attn_implementation=self.attention)
         seed_all(self.seed)  # adapter init is identical on every worker and in every (resumed) run
         self.model = methods.apply_method(model, self.spec)
         self.model.train()
+        self.autocast_dtype = methods.adapter_autocast_dtype(self.spec, self.device)
+        if self.autocast_dtype is not None:
+            methods.keep_adapter_inputs_in_base_dtype(self.model)
+            if self.rank == 0:
+                log.info("adapters compute in %s under autocast (float32 master weights)", self.autocast_dtype)
+        if self.compile_blocks:
+            for block in methods_hft.find_blocks(self.model):
+                block.compile()
         self.trainable_count, self.total_count = methods.parameter_counts(self.model)
         if self.rank == 0:
             log.info("method %s: %d of %d parameters trainable (%.2f%%)", self.spec.method.type,
                      self.trainable_count, self.total_count, 100.0 * self.trainable_count / max(1, self.total_count))
+        self.lm_head = objectives.output_head(self.model)
         self.reference = None
         if self.spec.objective.type == "dpo":
             self.reference = objectives.Reference(self.model, adapter=methods.is_adapter_method(self.spec))
@@ -360,13 +416,20 @@ class _WorkerRun:
         out = []
         for k in range(self.hp.gradient_accumulation_steps):
             rows = [self.sequences[i] for i in micro_batch_indices(step, k, self.rank, self.plan, self.hp, self.seed)]
-            batch, tokens = collate(rows, self.spec, self.cfg.pad_id)
-            out.append(({key: v.to(self.device) for key, v in batch.items()}, tokens))
+            batch, tokens = collate(rows, self.spec, self.cfg.pad_id, build_mask=self.device == "cpu")
+            out.append((to_device(batch, self.device, mask=self.attention != "flex_attention"), tokens))
         return out
+
+    def autocast(self):
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
 
     def loss_parts(self, batch: dict) -> objectives.LossParts:
         if self.spec.objective.type == "sft":
-            return objectives.sft(self.forward_model, batch)
+            return objectives.sft(self.forward_model, batch, head=self.lm_head)
         return objectives.preference(
             self.spec.objective.type, self.forward_model, batch, beta=self.spec.objective.beta,
             pad_id=self.cfg.pad_id, reference=self.reference, unwrapped=self.model,
@@ -391,7 +454,8 @@ class _WorkerRun:
             if self.forward_model is not self.model and k < len(batches) - 1:
                 sync = self.forward_model.no_sync()
             with sync:
-                parts = self.loss_parts(batch)
+                with self.autocast():
+                    parts = self.loss_parts(batch)
                 # DDP averages gradients over workers; scaling by world size makes it a sum.
                 (parts.total * (self.world_size / global_count)).backward()
             loss_sum += float(parts.total.detach())

@@ -116,6 +116,36 @@ def apply_method(model: nn.Module, spec: FineTuneJobSpec) -> nn.Module:
     raise TrainerConfigError(f"spec.method.type {kind!r} is not supported")
 
 
+def adapter_autocast_dtype(spec: FineTuneJobSpec, device: str):
+    """bfloat16 when LoRA-family adapters train on a bfloat16 CUDA base, else None.
+
+    peft keeps adapter weights in float32 (stable AdamW updates) and casts every adapter input
+    to float32, so each adapted layer runs float32 matmuls, stores a float32 copy of its input
+    for backward and adds in float32: on a GPU that made LoRA slower than full fine-tuning.
+    Under bfloat16 autocast the adapters compute in bfloat16 on the base's own activations
+    while their master weights and optimizer state stay float32 (mixed precision).
+    """
+    import torch
+
+    from .model_init import choose_dtype
+
+    if not is_adapter_method(spec) or not device.startswith("cuda"):
+        return None
+    quant = spec.base_model.quantization
+    compute = getattr(torch, quant.compute_dtype) if quant is not None else choose_dtype(spec, device)
+    return torch.bfloat16 if compute == torch.bfloat16 else None
+
+
+def keep_adapter_inputs_in_base_dtype(model: nn.Module) -> int:
+    """Stop peft from casting adapter inputs to float32 (use only under autocast); returns layers changed."""
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
+            changed += 1
+    return changed
+
+
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 

@@ -122,14 +122,17 @@ def load_tokenizer(spec: FineTuneJobSpec, model_dir: Path | None = None):
     return tokenizer
 
 
-def load_model(spec: FineTuneJobSpec, model_dir: Path, *, device: str = "cpu"):
-    """The base model on `device`, ready for a method to be applied (nothing frozen yet)."""
+def load_model(spec: FineTuneJobSpec, model_dir: Path, *, device: str = "cpu", attn_implementation: str = "sdpa"):
+    """The base model on `device`, ready for a method to be applied (nothing frozen yet).
+
+    `attn_implementation` "flex_attention" (GPU) lets packed batches skip the masked blocks.
+    """
     from transformers import AutoModelForCausalLM
 
     kwargs = dict(
         local_files_only=True,
         trust_remote_code=spec.base_model.trust_remote_code,
-        attn_implementation="sdpa",
+        attn_implementation=attn_implementation,
         dtype=choose_dtype(spec, device),
     )
     quant = quantization_config(spec)

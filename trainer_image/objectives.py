@@ -7,6 +7,7 @@ gradient accumulation and data parallelism give the gradient of one big batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -52,15 +53,58 @@ def sft_loss_sum(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch
     return (per_token * weights).sum()
 
 
-def sft(model, batch: dict) -> LossParts:
-    out = model(
+def output_head(model):
+    """The LM head (output embedding) module of a causal LM, a PeftModel or a DDP-wrapped one."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft
+        inner = inner.get_base_model()
+    getter = getattr(inner, "get_output_embeddings", None)
+    return getter() if getter is not None else None
+
+
+@contextlib.contextmanager
+def head_only_at(head, positions: torch.Tensor):
+    """Run `head` only on the hidden states at `positions` ([B, L] bool) during the block.
+
+    The model then returns logits of shape [N, vocab] for the N selected positions, in
+    row-major order. Answers-only SFT needs logits where the next label carries loss only
+    (often under half the tokens); the LM head and the float32 cross-entropy over a 49k
+    vocabulary are the largest single costs of a small model's step, in time and memory.
+    A forward pre-hook (not a call into submodules) keeps DDP's gradient hooks intact.
+    """
+    def select(_module, args):
+        hidden = args[0]
+        return (hidden[positions],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def sft(model, batch: dict, *, head=None) -> LossParts:
+    """Summed SFT loss; with `head` (the model's LM head) logits are computed only where a label counts."""
+    labels = batch["labels"]
+    inputs = dict(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
         use_cache=False,
     )
-    total = sft_loss_sum(out.logits, batch["labels"], batch.get("loss_weights"))
-    return LossParts(total, batch["num_loss_tokens"].to(total.device).float(), {})
+    count = batch["num_loss_tokens"].to(labels.device).float()
+    if head is None:
+        out = model(**inputs)
+        return LossParts(sft_loss_sum(out.logits, labels, batch.get("loss_weights")), count, {})
+    targets_at = labels[:, 1:] != IGNORE_INDEX  # next-token labels that carry loss
+    positions = F.pad(targets_at, (0, 1), value=False)  # logits at t predict label t+1
+    with head_only_at(head, positions):
+        logits = model(**inputs).logits
+    per_token = F.cross_entropy(logits.float(), labels[:, 1:][targets_at], reduction="none")
+    weights = batch.get("loss_weights")
+    if weights is not None:
+        per_token = per_token * weights[:, 1:][targets_at].to(per_token.dtype)
+    return LossParts(per_token.sum(), count, {})
 
 
 # ---------------------------------------------------------------- preference objectives

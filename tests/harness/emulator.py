@@ -173,25 +173,21 @@ class ApiError(Exception):
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch (also used for strategic merge patches: lists are replaced).
 
-    Returns a new object; neither argument is modified.
+    Returns a new object; neither argument is modified. Subtrees the patch does not touch
+    are shared with `target` (stored objects are never mutated in place), so patching the
+    status of a large object copies the status, not the object.
     """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    _merge_into(result, patch)
-    return result
-
-
-def _merge_into(result: dict[str, Any], patch: dict[str, Any]) -> None:
+    result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
         elif isinstance(value, dict):
-            if not isinstance(result.get(key), dict):
-                result[key] = {}
-            _merge_into(result[key], value)
+            result[key] = merge_patch(result.get(key), value)
         else:
             result[key] = copy.deepcopy(value)
+    return result
 
 
 _SELECTOR_TERM = re.compile(r"^\s*(!?)([A-Za-z0-9._/-]+)\s*(?:(==|=|!=)\s*([A-Za-z0-9._-]*))?\s*$")
@@ -299,12 +295,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     _kinds: dict[tuple[str, str, str], Kind] = attrs.field(factory=dict, init=False)
     _store: dict[tuple[tuple[str, str, str], str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # Secondary indexes over _store (kept by _put/_drop): objects by kind, and which key holds
+    # a uid. Lists, watches and owner checks would otherwise scan every object of every kind,
+    # which at thousands of objects made the emulator the slowest part of a benchmark.
+    _by_kind: dict[tuple[str, str, str], dict[tuple[str | None, str], dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    _uids: dict[str, tuple[tuple[str, str, str], str | None, str]] = attrs.field(factory=dict, init=False)
     _history: dict[tuple[str, str, str], collections.deque] = attrs.field(factory=dict, init=False)
     _watchers: dict[tuple[str, str, str], set[asyncio.Queue]] = attrs.field(factory=dict, init=False)
     _rv: int = attrs.field(default=1000, init=False)
     _faults: list[_Fault] = attrs.field(factory=list, init=False)
     _state_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
     _changed: asyncio.Condition | None = attrs.field(default=None, init=False)
+    _resource_refs: dict[tuple[str, str, str], Any] = attrs.field(factory=dict, init=False)
     request_log: list[tuple[str, str, int]] = attrs.field(factory=list, init=False)
     """(method, path, status) of every resource request, for assertions on retries."""
 
@@ -340,7 +342,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         obj.setdefault("apiVersion", "apiextensions.k8s.io/v1")
         obj.setdefault("kind", "CustomResourceDefinition")
         self._stamp_new(obj, crd_kind)
-        self._store[(crd_kind.key, None, obj["metadata"]["name"])] = obj
+        self._put((crd_kind.key, None, obj["metadata"]["name"]), obj)
 
     def unregister_kind(self, group: str, version: str, plural: str) -> None:
         """Remove a resource type from discovery (e.g. simulate a cluster without KubeRay)."""
@@ -381,17 +383,28 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock's path parser reads /api/v1/namespaces[/NAME] as a namespace prefix and fails
-        # or misroutes; parse those paths ourselves and leave everything else to kmock.
-        match = _NAMESPACE_PATH.match(raw_request.path)
-        if match is None:
-            return await super().__call__(raw_request)
-        await raw_request.read()
-        try:
-            data = await raw_request.json()
-        except ValueError:
-            data = None
-        name, subresource = match.group(1), match.group(2)
+        # or misroutes; parse those paths ourselves. Requests for the kinds served here are
+        # parsed here too (kmock's generic parser cost more than the request itself); the
+        # rest (discovery) goes to kmock.
+        path = raw_request.path
+        match = _NAMESPACE_PATH.match(path)
+        if match is not None:
+            resource, namespace, name, subresource = kmock.resource("", "v1", "namespaces"), None, match.group(1), match.group(2)
+        else:
+            match = _RESOURCE_PATH.match(path)
+            key = (match.group("group") or "", match.group("version") or match.group("core"), match.group("plural")) if match else None
+            if key is None or key not in self._kinds:
+                return await super().__call__(raw_request)
+            resource = self._resource_refs.get(key) or self._resource_refs.setdefault(key, kmock.resource(*key))
+            namespace, name, subresource = match.group("namespace"), match.group("name"), match.group("sub")
+        body = await raw_request.read()
         method = enums.method(raw_request.method)
+        data = None
+        if body and method in (enums.method.PUT,):  # creates and patches parse the body themselves
+            try:
+                data = json.loads(body)
+            except ValueError:
+                pass
         query = dict(raw_request.query)
         if method == enums.method.GET and query.get("watch") in ("true", "1"):
             action = enums.action.WATCH
@@ -403,8 +416,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         request = rendering.Request(
             id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=raw_request.method,
             params=query, headers=dict(raw_request.headers), cookies=dict(raw_request.cookies),
-            data=data, body=await raw_request.read(), text=await raw_request.text(), action=action,
-            resource=kmock.resource("", "v1", "namespaces"), namespace=None, name=name, subresource=subresource,
+            data=data, body=body, text=body.decode(errors="replace"), action=action,
+            resource=resource, namespace=namespace, name=name, subresource=subresource,
         )
         self._requests.append(request)
         return await self._handle(request)
@@ -483,11 +496,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _list(self, request: rendering.Request, kind: Kind, ns: str | None) -> dict[str, Any]:
         labels = request.params.get("labelSelector")
         fields = request.params.get("fieldSelector")
+        of_kind = self._by_kind.get(kind.key, {})
         items = [
             obj
-            for (key, obj_ns, _), obj in sorted(self._store.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
-            if key == kind.key
-            and (ns is None or obj_ns == ns)
+            for (obj_ns, _), obj in sorted(of_kind.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
+            if (ns is None or obj_ns == ns)
             and label_selector_matches(labels, obj["metadata"].get("labels") or {})
             and field_selector_matches(fields, obj)
         ]
@@ -508,10 +521,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta.pop("deletionTimestamp", None)
 
     def _create(self, request: rendering.Request, kind: Kind, ns: str | None) -> dict[str, Any]:
-        obj = request.data
+        try:
+            obj = json.loads(request.body) if request.body else None  # a private copy, parsed once
+        except ValueError:
+            obj = None
         if not isinstance(obj, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object")
-        obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             while True:  # a generated name is unique (the real server retries a few times too)
@@ -538,7 +553,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._stamp_new(obj, kind)
         if request.params.get("dryRun"):
             return obj
-        self._store[(kind.key, ns, name)] = obj
+        self._put((kind.key, ns, name), obj)
         self._emit(kind, "ADDED", obj)
         refs = meta.get("ownerReferences") or []
         if refs and not any(self._uid_exists(ref.get("uid")) for ref in refs):
@@ -595,13 +610,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
         check_rv: bool,
     ) -> dict[str, Any]:
         old_meta = current["metadata"]
-        new_meta = desired.setdefault("metadata", {})
+        # `desired` may share subtrees with `current` (merge_patch): copy what is changed here.
+        new_meta = desired["metadata"] = dict(desired.get("metadata") or {})
         if check_rv and new_meta.get("resourceVersion") not in (None, old_meta["resourceVersion"]):
             raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural}.{kind.group or "core"} "{name}": '
                            "the object has been modified; please apply your changes to the latest version and try again")
         if subresource == "status":
             # Only status changes through /status.
-            result = copy.deepcopy(current)
+            result = {**current, "metadata": dict(old_meta)}
             if "status" in desired:
                 result["status"] = desired["status"]
             else:
@@ -611,7 +627,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if "status" in kind.subresources:
                 # The main resource ignores status changes.
                 if "status" in current:
-                    result["status"] = copy.deepcopy(current["status"])
+                    result["status"] = current["status"]  # shared: never mutated in place
                 else:
                     result.pop("status", None)
             # Identity fields are the server's.
@@ -636,7 +652,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers"):
             self._remove(kind, ns, name, result)
             return result
-        self._store[(kind.key, ns, name)] = result
+        self._put((kind.key, ns, name), result)
         self._emit(kind, "MODIFIED", result)
         return result
 
@@ -650,7 +666,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             result["metadata"]["deletionTimestamp"] = now_rfc3339()
             result["metadata"]["deletionGracePeriodSeconds"] = 0
             result["metadata"]["resourceVersion"] = str(self._rv)
-            self._store[(kind.key, ns, name)] = result
+            self._put((kind.key, ns, name), result)
             self._emit(kind, "MODIFIED", result)
             return result
         self._rv += 1
@@ -660,7 +676,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return current
 
     def _remove(self, kind: Kind, ns: str | None, name: str, last: dict[str, Any]) -> None:
-        self._store.pop((kind.key, ns, name), None)
+        self._drop((kind.key, ns, name))
         self._emit(kind, "DELETED", last)
         self._collect_garbage(last["metadata"]["uid"])
 
@@ -676,7 +692,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 self._delete(self._kinds.get(key) or Kind(*key, kind=obj.get("kind", "")), ns, name)
 
     def _uid_exists(self, uid: str | None) -> bool:
-        return any(obj["metadata"].get("uid") == uid for obj in self._store.values())
+        return uid in self._uids
+
+    def _put(self, key: tuple[tuple[str, str, str], str | None, str], obj: dict[str, Any]) -> None:
+        self._store[key] = obj
+        self._by_kind.setdefault(key[0], {})[(key[1], key[2])] = obj
+        uid = obj["metadata"].get("uid")
+        if uid:
+            self._uids[uid] = key
+
+    def _drop(self, key: tuple[tuple[str, str, str], str | None, str]) -> None:
+        obj = self._store.pop(key, None)
+        self._by_kind.get(key[0], {}).pop((key[1], key[2]), None)
+        uid = obj["metadata"].get("uid") if obj else None
+        if uid and self._uids.get(uid) == key:
+            del self._uids[uid]
 
     # ------------------------------------------------------------------ watch
 
@@ -684,8 +714,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
         snapshot = obj  # stored objects are never mutated in place: every write makes a new one
         rv = int(snapshot["metadata"]["resourceVersion"])
         self._history[kind.key].append((rv, event_type, snapshot))
-        for queue in self._watchers[kind.key]:
-            queue.put_nowait((event_type, snapshot))
+        watchers = self._watchers[kind.key]
+        if watchers:
+            event = _Event(event_type, snapshot)  # encoded once, for all watchers that want it
+            for queue in watchers:
+                queue.put_nowait(event)
 
     async def _watch(self, request: rendering.Request, kind: Kind) -> aiohttp.web.StreamResponse:
         ns = request.namespace if kind.namespaced else None
@@ -709,7 +742,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         queue: asyncio.Queue = asyncio.Queue()
         async with self._state_lock:
             if since in ("", "0"):
-                initial = [("ADDED", o) for (k, _, _), o in self._store.items() if k == kind.key]
+                initial = [("ADDED", o) for o in self._by_kind.get(kind.key, {}).values()]
             else:
                 history = self._history[kind.key]
                 if history and len(history) == history.maxlen and int(since) < history[0][0]:
@@ -736,9 +769,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     break
                 if item is None:
                     break  # dropped on purpose
-                event_type, obj = item
-                if wanted(obj):
-                    await response.write(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
+                if wanted(item.obj):
+                    await response.write(item.line())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -779,6 +811,24 @@ class KubeEmulator(kmock.KubernetesEmulator):
         }
 
 
+class _Event:
+    """A watch event as sent: serialized on first use, then shared by every watcher."""
+
+    __slots__ = ("type", "obj", "_line")
+
+    def __init__(self, event_type: str, obj: dict[str, Any]):
+        self.type, self.obj, self._line = event_type, obj, None
+
+    def line(self) -> bytes:
+        if self._line is None:
+            self._line = json.dumps({"type": self.type, "object": self.obj}).encode() + b"\n"
+        return self._line
+
+
+_RESOURCE_PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<namespace>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?/?$"
+)
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/([^/]+))?(?:/(status|finalize))?/?$")
 
 

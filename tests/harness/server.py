@@ -49,6 +49,16 @@ def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") ->
 BUILTIN_NAMESPACES = ("default", "kube-system")
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: the emulator is one event loop serving every client, and a
+    benchmark against it should measure the operator rather than asyncio's pure-Python loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 class RunningEmulator:
     """A `KubeEmulator` served over HTTP from a background thread.
 
@@ -99,7 +109,8 @@ class RunningEmulator:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._main())
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(self._main())
         except BaseException as exc:  # surfaced by start()
             self._error = exc
             self._ready.set()

@@ -24,8 +24,12 @@ def status_of(http: KubeHttp, namespace: str, name: str) -> dict[str, Any]:
 
 
 def wait_phase(http: KubeHttp, namespace: str, name: str, phase: str, timeout: float = 15) -> dict[str, Any]:
-    return wait_for(lambda: status_of(http, namespace, name) if status_of(http, namespace, name).get("phase") == phase else None,
-                    timeout, message=f"{namespace}/{name} phase {phase} (now {status_of(http, namespace, name).get('phase')})")
+    """The status once its phase is `phase` (one read: the status returned is the one checked)."""
+    def check() -> dict[str, Any] | None:
+        status = status_of(http, namespace, name)
+        return status if status.get("phase") == phase else None
+
+    return wait_for(check, timeout, message=f"{namespace}/{name} phase {phase} (now {status_of(http, namespace, name).get('phase')})")
 
 
 def wait_condition(http: KubeHttp, namespace: str, name: str, type_: str, status: str, reason: str | None = None,

@@ -233,6 +233,19 @@ def test_gateway_sidecar_gets_keys_by_reference_and_its_settings():
     assert gateway["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
 
 
+def test_gateway_workers_share_the_port_and_each_gets_a_cpu():
+    one = _container(_deployment(case_hub_model_servicemonitor()), "gateway")
+    assert "--workers" not in one["args"]
+    assert one["resources"]["requests"] == {"cpu": "250m", "memory": "384Mi"}
+    md = make_md({"model": {"uri": "acme/chat-7b"}, "gateway": {"workers": 3}})
+    inp = rs.RenderInput(md=md, model=rs.ResolvedModel(uri="acme/chat-7b", served_name="chat"))
+    three = _container(_deployment(inp), "gateway")
+    assert three["args"][three["args"].index("--workers") + 1] == "3"
+    assert three["resources"] == {"requests": {"cpu": "3", "memory": "896Mi"}, "limits": {"memory": "2048Mi"}}
+    with pytest.raises(Exception, match="spec.gateway.workers"):
+        make_md({"model": {"uri": "acme/chat-7b"}, "gateway": {"workers": 0}})
+
+
 def test_s3_sources_are_fetched_by_an_init_container_without_a_shell():
     deploy = _deployment(case_s3_keda())
     pod = deploy["spec"]["template"]["spec"]

@@ -62,6 +62,10 @@ def test_key_file(tmp_path):
     ([], "give --model DIR"),
     (["--model", "/nonexistent/model"], "no config.json there"),
     (["--upstream", "http://127.0.0.1:1", "--canary-config", "/nonexistent/canary.json"], "canary.json"),
+    (["--model", "/some/model", "--workers", "2"], "use it with --gateway-only"),
+    (["--upstream", "http://127.0.0.1:1", "--workers", "0"], "--workers 0: must be 1 or more"),
+    (["--upstream", "http://127.0.0.1:1", "--workers", "2", "--canary-config", "/nonexistent/canary.json"],
+     "exited with code 2 while starting"),
 ])
 def test_cli_refuses_bad_setups(tmp_path, args, message):
     done = subprocess.run([KUBETUNE, "serve", *args, "--port", "0"], cwd=tmp_path, capture_output=True, text=True,

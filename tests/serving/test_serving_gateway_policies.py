@@ -51,7 +51,8 @@ def start_gateway(loop_thread, tmp_path, upstream_url, **overrides):
     keys = tmp_path / "keys"
     keys.write_text("# test keys\nsecret-1\n")
     config = GatewayConfig(upstream=upstream_url, api_keys_file=str(keys), log_dir=str(tmp_path / "logs"),
-                           sample_rate=1.0, seed=7, reload_interval=0.0, upstream_timeout=5.0)
+                           sample_rate=1.0, seed=7, reload_interval=0.0, upstream_timeout=5.0,
+                           safety_process=False)  # scorer process: test_serving_workers.py
     for key, value in overrides.items():
         setattr(config, key, value)
     gateway = Gateway(config)
