@@ -2,7 +2,7 @@
 
 `test_all_stages_run_on_a_tiny_model` runs the seven stages on the tiny test model (it cannot
 learn the task, so the demo's promises are not asserted; the stages, files and wiring are).
-`test_demo_keeps_its_promises` is `make demo` itself on SmolLM2-135M (about 10 minutes on 2
+`test_demo_keeps_its_promises` is `make demo` itself on SmolLM2-135M (about 6-7 minutes on 2
 idle cores): it runs only with KUBETUNE_QUICKSTART_E2E=1, as it does not fit the suite's budget.
 """
 
@@ -61,7 +61,7 @@ def test_all_stages_run_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert (out / "artifact" / "manifest.json").is_file() and (out / "summary.txt").is_file()
 
 
-@pytest.mark.skipif(os.environ.get("KUBETUNE_QUICKSTART_E2E") != "1", reason="the full demo takes ~10 minutes: "
+@pytest.mark.skipif(os.environ.get("KUBETUNE_QUICKSTART_E2E") != "1", reason="the full demo takes ~6-7 minutes: "
                     "set KUBETUNE_QUICKSTART_E2E=1 (or run `make demo`)")
 def test_demo_keeps_its_promises(tmp_path):
     result = subprocess.run([sys.executable, "-m", "kubetune", "quickstart", "--out", str(tmp_path), "--quiet"],
