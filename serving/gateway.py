@@ -517,6 +517,8 @@ class Gateway:
             series.tokens_out.inc(out.completion_tokens)
         if self.safety is not None and out.safety is None and out.text is not None:
             # Scored on the safety thread; the flag metric and the log record follow from there.
+            if self.payloads is not None:
+                self.payloads.expect(rid)  # feedback may come before the score
             self.safety.submit(out.prompt, out.text, lambda score: self._finish(rid, elapsed, out, score))
         else:
             self._finish(rid, elapsed, out, out.safety)

@@ -96,6 +96,9 @@ class PayloadLogger:
         self.buffer_size = buffer_size
         self._random = random.Random(seed)
         self._recent: OrderedDict[str, tuple[dict, bool]] = OrderedDict()  # id -> (record, written)
+        # Answered requests whose record waits for its safety score: id -> [sampled, feedback].
+        # Feedback can arrive before the score does; it is kept here and joined to the record.
+        self._expected: OrderedDict[str, list] = OrderedDict()
         # Appending to a deque wakes nobody: the writer drains it every `flush_interval`
         # seconds (a thread switch per record would cost more than the record itself).
         self._pending: deque = deque()
@@ -111,21 +114,44 @@ class PayloadLogger:
 
     # ---- event-loop side (cheap)
 
+    def _sample(self) -> bool:
+        return self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
+
+    def expect(self, request_id: str) -> None:
+        """Announce an answered request whose record comes later (after safety scoring), so that
+        feedback sent in the meantime is not refused as unknown."""
+        with self._lock:
+            self._expected[request_id] = [self._sample(), None]
+            while len(self._expected) > self.buffer_size:
+                self._expected.popitem(last=False)
+
     def record(self, rec: dict) -> bool:
         """Offer a finished request; returns whether it was sampled (written now)."""
         with self._lock:
-            sampled = self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
+            expected = self._expected.pop(rec["id"], None)
+            if expected is None:
+                sampled = self._sample()
+            else:
+                sampled, feedback = expected
+                if feedback is not None:
+                    rec = dict(rec, feedback=feedback)
+                    sampled = sampled or feedback["rating"] < 0
             self._remember(rec["id"], rec, sampled)
             if sampled:
                 self._enqueue(rec)
         return sampled
 
     def feedback(self, request_id: str, rating: int, comment: str | None) -> bool | None:
-        """Join feedback to a recent request. None: unknown id; True: the record was written."""
+        """Join feedback to a recent request. None: unknown id; True: the record was (or, once
+        its safety score arrives, will be) written."""
         with self._lock:
             entry = self._recent.get(request_id)
             if entry is None:
-                return None
+                expected = self._expected.get(request_id)
+                if expected is None:
+                    return None
+                expected[1] = {"rating": rating, "comment": comment}
+                return expected[0] or rating < 0
             rec, written = entry
             rec = dict(rec, feedback={"rating": rating, "comment": comment})
             write = written or rating < 0

@@ -228,6 +228,23 @@ def test_feedback_forces_unsampled_record(tmp_path):
     assert rec["feedback"] == {"rating": -1, "comment": "wrong, call [PHONE]"}
 
 
+def test_feedback_sent_before_the_safety_score_is_joined_to_the_record(tmp_path):
+    """The answer reaches the client before its safety score (scores are batched); feedback sent in
+    between must neither be refused as unknown nor lost."""
+    logger = PayloadLogger(tmp_path, sample_rate=0.0)
+    logger.expect("req-early")
+    logger.expect("req-fine")
+    assert logger.feedback("req-early", -1, "wrong") is True  # will be written once scored
+    assert logger.feedback("req-fine", 1, None) is False  # unsampled, positive: not written
+    assert logger.feedback("req-never", -1, "x") is None
+    assert logger.record({"id": "req-early", "prompt": "p", "response": "r", "safety": {"flagged": False}}) is True
+    assert logger.record({"id": "req-fine", "prompt": "p", "response": "r", "safety": None}) is False
+    logger.close()
+    (rec,) = [json.loads(x) for x in (tmp_path / "payloads.jsonl").read_text().splitlines()]
+    assert rec["id"] == "req-early" and rec["feedback"] == {"rating": -1, "comment": "wrong"}
+    assert rec["safety"] == {"flagged": False}
+
+
 @pytest.mark.slow
 def test_sigterm_flushes_every_record(tmp_path, scripted):
     """The gateway as the operator starts it (`serve --upstream ...`, its flag spellings), stopped
