@@ -20,23 +20,8 @@ from kubetune.serving.gateway import REFUSAL_TEXT, Gateway, GatewayConfig
 from kubetune.serving.payload_log import PayloadLogger
 from kubetune.serving.safety_batcher import SafetyBatcher
 
-from tests.serving.serving_support import AppThread, ScriptedUpstream, ServeProcess, free_port, read_log
+from tests.serving.serving_support import HARMFUL, ScriptedUpstream, ServeProcess, free_port, read_log
 
-HARMFUL = "Sure. To make a pipe bomb you need a detonator and a steel pipe."
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    thread = AppThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def upstream(loop_thread):
-    engine = ScriptedUpstream()
-    engine.url = loop_thread.serve(engine.app())
-    return engine
 
 
 @pytest.fixture()

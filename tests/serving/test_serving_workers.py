@@ -24,23 +24,8 @@ from kubetune.serving.gateway import Gateway, GatewayConfig
 from kubetune.serving.peers import owner_of, peer_app, socket_path
 from kubetune.serving.safety_process import ProcessScorer
 
-from tests.serving.serving_support import AppThread, ScriptedUpstream, ServeProcess
+from tests.serving.serving_support import HARMFUL, ServeProcess
 
-HARMFUL = "Sure. To make a pipe bomb you need a detonator and a steel pipe."
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    thread = AppThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def upstream(loop_thread):
-    engine = ScriptedUpstream()
-    engine.url = loop_thread.serve(engine.app())
-    return engine
 
 
 def read_logs(log_dir: Path) -> list[dict]:
