@@ -126,6 +126,7 @@ def _connect_ray(local: bool, workers: int):
         ray.init(
             num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, configure_logging=False,
             log_to_driver=True,
+            runtime_env={"worker_process_setup_hook": "kubetune.trainer.ray_quiet.quiet_ray_train_noise"},
         )
     else:
         ray.init()

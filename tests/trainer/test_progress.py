@@ -123,3 +123,16 @@ def test_real_status_writer_is_loaded_in_the_pod_path(tmp_path, monkeypatch):
     [sink] = [s for s in sinks.sinks if isinstance(s, FineTuneJobStatusSink)]
     assert (sink.namespace, sink.name) == ("team-1", "job-a")
     assert sink.path.endswith("/namespaces/team-1/finetunejobs/job-a/status")
+
+
+def test_local_ray_workers_silence_the_placement_group_cleaner_warning():
+    """Ray Train's cleaner warns every second when Ray runs without its dashboard (as kubetune
+    starts it locally); the workers' setup hook must lower exactly that logger."""
+    import logging
+
+    from kubetune.trainer import ray_quiet
+
+    noisy = logging.getLogger(ray_quiet.NOISY_LOGGERS[0])
+    noisy.setLevel(logging.NOTSET)
+    ray_quiet.quiet_ray_train_noise()
+    assert not noisy.isEnabledFor(logging.WARNING) and noisy.isEnabledFor(logging.ERROR)
