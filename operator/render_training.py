@@ -153,6 +153,11 @@ def _env(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> list[
     ref = job.spec.hf_token_secret_ref
     if ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if job.spec.resources.gpus_per_worker > 0:  # GPU-only speed options; CPU pods would ignore them
+        if settings.trainer_gpu_attention != "sdpa":
+            env.append({"name": "KUBETUNE_ATTENTION", "value": settings.trainer_gpu_attention})
+        if settings.trainer_gpu_compile_blocks:
+            env.append({"name": "KUBETUNE_COMPILE_BLOCKS", "value": "1"})
     return env
 
 

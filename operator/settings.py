@@ -54,6 +54,10 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
     return value
 
 
+TRAINER_ATTENTION_CHOICES = ("sdpa", "flex_attention")
+"""What the trainer's KUBETUNE_ATTENTION accepts (kubetune.trainer.loop.ATTENTION_CHOICES)."""
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
@@ -100,6 +104,11 @@ class Settings:
     """Kubernetes API requests in flight at once (KUBETUNE_API_THREADS; the name is historical)."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels put on every child (KUBETUNE_EXTRA_LABELS, k=v comma list)."""
+    trainer_gpu_attention: str = "sdpa"
+    """Attention kernel of GPU training pods (KUBETUNE_TRAINER_ATTENTION: sdpa or flex_attention,
+    which skips the tiles a packed batch masks out; see docs/training.md)."""
+    trainer_gpu_compile_blocks: bool = False
+    """torch.compile each transformer block in GPU training pods (KUBETUNE_TRAINER_COMPILE_BLOCKS)."""
 
     @property
     def clusterwide(self) -> bool:
@@ -118,6 +127,10 @@ class Settings:
         log_format = env.get("KUBETUNE_LOG_FORMAT", "json").strip() or "json"
         if log_format not in ("json", "plain"):
             raise SettingsError(f"KUBETUNE_LOG_FORMAT={log_format!r}: expected json or plain")
+        attention = (env.get("KUBETUNE_TRAINER_ATTENTION") or "sdpa").strip()
+        if attention not in TRAINER_ATTENTION_CHOICES:
+            raise SettingsError(f"KUBETUNE_TRAINER_ATTENTION={attention!r}: expected one of "
+                                f"{', '.join(TRAINER_ATTENTION_CHOICES)}")
         return cls(
             namespaces=_list(env, "KUBETUNE_NAMESPACES"),
             trainer_image=env.get("KUBETUNE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
@@ -138,4 +151,6 @@ class Settings:
             log_format=log_format,
             api_threads=_int(env, "KUBETUNE_API_THREADS", 16, minimum=1),
             extra_labels=extra,
+            trainer_gpu_attention=attention,
+            trainer_gpu_compile_blocks=_bool(env, "KUBETUNE_TRAINER_COMPILE_BLOCKS", False),
         )

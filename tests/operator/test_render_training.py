@@ -23,7 +23,7 @@ from kubetune.operator.render_training import (
     render_workload,
     workload_name,
 )
-from kubetune.operator.settings import Settings
+from kubetune.operator.settings import Settings, SettingsError
 from tests.harness.emulator import load_crd_files
 from tests.harness.server import KUBERAY_RAYJOB_CRD
 from tests.operator.samples import body, full_spec, minimal_spec
@@ -124,6 +124,24 @@ def test_rayjob_wiring():
     assert env["KUBETUNE_JOB_NAME"]["value"] == "support-lora" and env["HF_HUB_OFFLINE"]["value"] == "1"
     assert rayjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert "unrelated" not in rayjob["metadata"]["labels"]
+
+
+def test_gpu_speed_options_reach_gpu_training_pods_only():
+    fast = Settings.from_env({"KUBETUNE_TRAINER_ATTENTION": "flex_attention", "KUBETUNE_TRAINER_COMPILE_BLOCKS": "true"})
+
+    def env_of(spec: dict, settings: Settings) -> dict:
+        doc = body(spec=spec)
+        rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
+        (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        return {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+
+    gpu = env_of(full_spec(), fast)
+    assert gpu["KUBETUNE_ATTENTION"] == "flex_attention" and gpu["KUBETUNE_COMPILE_BLOCKS"] == "1"
+    assert "KUBETUNE_ATTENTION" not in env_of(full_spec(), SETTINGS)  # defaults: nothing added
+    cpu_job = {**minimal_spec(), "resources": {"workers": 2, "gpusPerWorker": 0}}
+    assert "KUBETUNE_ATTENTION" not in env_of(cpu_job, fast)  # CPU jobs: not applicable
+    with pytest.raises(SettingsError, match="KUBETUNE_TRAINER_ATTENTION"):
+        Settings.from_env({"KUBETUNE_TRAINER_ATTENTION": "flash"})
 
 
 def test_every_child_is_owned_and_labelled():
