@@ -246,19 +246,21 @@ def test_kueue_owns_suspend_of_a_queued_rayjob(kube_http, kuberay, namespace):
     assert rayjob["spec"]["suspend"] is True
     kuberay.suspended("job-train")
     wait_phase(kube_http, namespace, "job", "Queued")
+
+    def edit_deadline(seconds: int) -> dict:
+        """A mutable edit; returns the RayJob's spec once the operator has re-applied it."""
+        kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": seconds}})
+        wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds")
+                 == seconds, 10, message="deadline applied")
+        return kube_http.get("rayjobs", namespace, "job-train")["spec"]
+
     # A mutable edit before admission re-applies the RayJob: it must stay suspended.
-    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 60}})
-    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 60, 10,
-             message="deadline applied")
-    assert kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is True
+    assert edit_deadline(60)["suspend"] is True
     # Kueue admits (unsuspends); a later edit must not suspend it again.
     kube_http.patch("rayjobs", namespace, "job-train", {"spec": {"suspend": False}})
     kuberay.running("job-train")
     wait_phase(kube_http, namespace, "job", "Training")
-    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"activeDeadlineSeconds": 120}})
-    wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"].get("activeDeadlineSeconds") == 120, 10,
-             message="deadline applied")
-    assert kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is False
+    assert edit_deadline(120)["suspend"] is False
     # The user's own suspend still goes through.
     kube_http.patch("finetunejobs", namespace, "job", {"spec": {"suspend": True}})
     wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is True, 10, message="suspended")

@@ -24,7 +24,7 @@ CODES = {f"item {i}": f"SKU-{(i * 7919) % 1000:03d}" for i in range(24)}
 def _dataset(path: Path) -> Path:
     """A task the tiny random model cannot do until trained: fixed code answers per item."""
     rows = [{"instruction": f"What is the code of {item}?", "output": code} for item, code in CODES.items()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
