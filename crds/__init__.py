@@ -6,7 +6,14 @@ Pure: pydantic models, the cross-field rules, CRD generation and manifest valida
 from .common import API_VERSION, GROUP, VERSION, Condition, KubeModel
 from .finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, immutable_changes
 from .modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
-from .validation import FieldError, ManifestError, parse_finetunejob, parse_modeldeployment, validate_object
+from .validation import (
+    FieldError,
+    ManifestError,
+    check_object,
+    parse_finetunejob,
+    parse_modeldeployment,
+    validate_object,
+)
 
 __all__ = [
     "API_VERSION",
@@ -26,4 +33,5 @@ __all__ = [
     "parse_finetunejob",
     "parse_modeldeployment",
     "validate_object",
+    "check_object",
 ]

@@ -68,29 +68,40 @@ def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
     return out
 
 
-def validate_object(doc: Any) -> list[FieldError]:
-    """All errors in one manifest (a FineTuneJob or ModelDeployment as a dict); [] if valid."""
+def check_object(doc: Any) -> tuple[Any, list[FieldError]]:
+    """(the model, []) for a valid FineTuneJob or ModelDeployment dict, else (None, every error).
+
+    Validates once: callers that need the model (the operator on every reconcile, the parse
+    functions) do not build it a second time.
+    """
     if not isinstance(doc, dict):
-        return [FieldError("", f"expected a mapping, got {type(doc).__name__}")]
+        return None, [FieldError("", f"expected a mapping, got {type(doc).__name__}")]
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if kind not in KINDS:
-        return [FieldError("kind", f"got {kind!r}, allowed: {' | '.join(KINDS)}")]
+        return None, [FieldError("kind", f"got {kind!r}, allowed: {' | '.join(KINDS)}")]
     errors = []
     if api_version != API_VERSION:
         errors.append(FieldError("apiVersion", f"got {api_version!r}, allowed: {API_VERSION!r}"))
     try:
         model = KINDS[kind].model_validate(doc)
     except ValidationError as exc:
-        return errors + [e for e in _pydantic_errors(exc) if e.path not in ("apiVersion", "kind")]
+        return None, errors + [e for e in _pydantic_errors(exc) if e.path not in ("apiVersion", "kind")]
     errors += [FieldError(v.path, v.message) for v in check_rules(model, "")]
-    return errors
+    return (None, errors) if errors else (model, [])
+
+
+def validate_object(doc: Any) -> list[FieldError]:
+    """All errors in one manifest (a FineTuneJob or ModelDeployment as a dict); [] if valid."""
+    return check_object(doc)[1]
 
 
 def _parse(doc: dict[str, Any], cls: type[BaseModel]) -> Any:
-    errors = validate_object(doc)
+    model, errors = check_object(doc)
     if errors:
         raise ManifestError(errors)
-    return cls.model_validate(doc)
+    if not isinstance(model, cls):
+        raise ManifestError([FieldError("kind", f"got {doc.get('kind')!r}, expected {cls.__name__!r}")])
+    return model
 
 
 def parse_finetunejob(doc: dict[str, Any]) -> FineTuneJob:

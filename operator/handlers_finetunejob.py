@@ -17,11 +17,9 @@ from typing import Any
 
 import kopf
 import yaml
-from pydantic import ValidationError
 
-from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, immutable_changes, validate_object
+from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, check_object, immutable_changes
 from kubetune.api.finetunejob import MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
-from kubetune.api.rules import check_rules
 
 from . import events, metrics
 from .conditions import find_condition, now_rfc3339, status_patch
@@ -91,22 +89,6 @@ def effective_spec(desired: FineTuneJobSpec, accepted: Mapping[str, Any] | None)
             else:
                 wire.get("resources", {}).pop(key, None)
     return FineTuneJobSpec.model_validate(wire), rejected
-
-
-def validate_job(manifest: dict[str, Any]) -> tuple[FineTuneJob | None, list[Any]]:
-    """(the job, []) when valid, else (None, every error): one model validation when valid.
-
-    validate_object() builds the model and throws it away; the full report is only needed
-    for an invalid job.
-    """
-    if manifest.get("apiVersion") == API_VERSION:
-        try:
-            job = FineTuneJob.model_validate(manifest)
-        except ValidationError:
-            job = None
-        if job is not None and not check_rules(job, ""):
-            return job, []
-    return None, validate_object(manifest)
 
 
 async def _write_status(api: KubeApi, body: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -206,7 +188,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         return
     started = bool((body.get("status") or {}).get("startTime"))
     accepted = await _accepted_spec(api, body) if started else None
-    parsed, errors = validate_job(_as_manifest(body))
+    parsed, errors = check_object(_as_manifest(body))
     extra, drop = [], []
     if errors:
         message = "; ".join(str(e) for e in errors)
