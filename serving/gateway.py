@@ -92,7 +92,7 @@ class _Outcome:
     """What one request did, gathered for metrics and the payload log."""
 
     __slots__ = ("model", "adapter", "status", "prompt", "text", "prompt_tokens", "completion_tokens", "ttft",
-                 "safety", "started")
+                 "safety", "started", "accounted")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -105,6 +105,7 @@ class _Outcome:
         self.completion_tokens = None
         self.ttft = None
         self.safety: SafetyScore | None = None
+        self.accounted = False  # metrics and payload record already taken (a stream does it before [DONE])
 
 
 class Gateway:
@@ -421,6 +422,7 @@ class Gateway:
             upstream_id = b""
             ours = b'"' + rid.encode() + b'"'
             pending = b""
+            last = b""  # the closing [DONE], sent only once the request is accounted for
             try:
                 # Forward what arrives as soon as it holds whole SSE events: one write per network
                 # read, not per line, and never a re-chunked or delayed event. Work here is per read,
@@ -446,14 +448,20 @@ class Gateway:
                         out.ttft = time.perf_counter() - out.started
                     if hold:
                         held.append(complete)
-                    else:
+                        continue
+                    if last:  # something followed [DONE]: keep the order
+                        await response.write(last)
+                        last = b""
+                    if complete.endswith(_DONE_EVENT):
+                        complete, last = complete[:-len(_DONE_EVENT)], _DONE_EVENT
+                    if complete:
                         await response.write(complete)
                 if pending.strip():  # an engine that ended without the closing blank line
                     forwarded.append(pending)
                     if hold:
                         held.append(pending)
                     else:
-                        await response.write(pending)
+                        last += pending
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # Headers are gone already: the only honest signal left is an error event.
                 err = self._upstream_error(exc)
@@ -468,8 +476,13 @@ class Gateway:
             out.safety = await self._score(out.prompt, out.text)
             if out.safety is not None and out.safety.flagged:
                 held = [_refusal_event(kind, rid, body.get("model", "")), b"data: [DONE]\n\n"]
-            for event in held:
-                await response.write(event)
+        # Account (metrics, safety, payload record) before the client sees the end, so that
+        # feedback sent right after the stream, or a shutdown, finds the request known.
+        self._account(rid, out.started, out)
+        for event in held:
+            await response.write(event)
+        if last:
+            await response.write(last)
         try:
             await response.write_eof()
         except ConnectionResetError:
@@ -503,6 +516,9 @@ class Gateway:
             out.completion_tokens = events  # engines stream about one token per event
 
     def _account(self, rid: str, started: float, out: _Outcome) -> None:
+        if out.accounted:
+            return
+        out.accounted = True
         elapsed = time.perf_counter() - started
         m = self.metrics
         m.request_counter(out.model, out.adapter, out.status).inc()
@@ -540,6 +556,9 @@ class Gateway:
                 "completionTokens": out.completion_tokens, "latencyMs": round(elapsed * 1000, 3),
                 "safety": safety, "feedback": None,
             })
+
+
+_DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def _first_id(events: bytes) -> bytes:

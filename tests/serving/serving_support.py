@@ -141,6 +141,8 @@ class ScriptedUpstream:
 
     It answers with `self.text` (or, when `echo_model`, the model name it was asked for), in
     `chunks` stream events when streaming, and records the model of every request.
+    `linger_after_done` keeps a stream's connection open that long after `[DONE]`, as an engine
+    may while it tidies up.
     """
 
     def __init__(self, models=(("base", None), ("support", "base"), ("support-v2", "base"))):
@@ -148,6 +150,7 @@ class ScriptedUpstream:
         self.text = "Hello there, friend."
         self.echo_model = False
         self.delay = 0.0
+        self.linger_after_done = 0.0
         self.fail_status: int | None = None
         self.seen_models: list[str] = []
 
@@ -193,6 +196,8 @@ class ScriptedUpstream:
                      "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
             await resp.write(b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
+        if self.linger_after_done:
+            await asyncio.sleep(self.linger_after_done)
         await resp.write_eof()
         return resp
 

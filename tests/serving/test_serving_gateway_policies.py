@@ -28,6 +28,7 @@ from tests.serving.serving_support import HARMFUL, ScriptedUpstream, ServeProces
 def scripted(upstream):
     """Reset the scripted engine between tests."""
     upstream.text, upstream.echo_model, upstream.delay, upstream.fail_status = "Hello there, friend.", False, 0.0, None
+    upstream.linger_after_done = 0.0
     upstream.seen_models.clear()
     return upstream
 
@@ -121,6 +122,27 @@ def test_stream_passes_events_through_and_counts_usage(loop_thread, tmp_path, sc
     assert first["adapter"] == "support" and first["model"] == "base"
     assert first["response"] == "one two three four five" and first["completionTokens"] == 5
     assert metric_value(url, "kubetune_gateway_tokens_total", model="base", direction="out") == 10
+
+
+def test_a_finished_stream_is_known_before_the_client_sees_its_end(loop_thread, tmp_path, scripted):
+    """The engine keeps its connection open after `[DONE]`. The gateway holds `[DONE]` back until it
+    has accounted for the request, so feedback sent the moment the stream ends is joined (not a
+    404) and a shutdown right then still writes the record (it used to be dropped)."""
+    scripted.text = "done and dusted"
+    scripted.linger_after_done = 0.5
+    gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url)
+    raw = client.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "go"}], stream=True)
+    rid = raw.headers["x-request-id"]
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse()) == "done and dusted"
+    answer = httpx.post(url + "/v1/feedback", headers={"Authorization": "Bearer secret-1"},
+                        json={"id": rid, "rating": -1, "comment": "too terse"})
+    assert answer.status_code == 200, answer.text
+    assert metric_value(url, "kubetune_gateway_tokens_total", model="base", direction="out") == 3
+    gateway.close_logs()
+    records = {r["id"]: r for r in read_log(tmp_path / "logs")}
+    assert records[rid]["response"] == "done and dusted"
+    assert records[rid]["feedback"] == {"rating": -1, "comment": "too terse"}
 
 
 def test_canary_split_follows_weight_and_reloads(loop_thread, tmp_path, scripted):
