@@ -28,6 +28,7 @@ import concurrent.futures
 import json
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,15 @@ out = sys.argv[1]
 sys.argv = ["kubetune", *sys.argv[2:]]
 profile = cProfile.Profile(time.process_time)
 from kubetune.cli import main
+
+
+def _dump_burst(*_):  # SIGUSR1 from the bench when the last RayJob arrived: the burst alone
+    profile.disable()
+    profile.dump_stats(out + ".burst")
+    profile.enable()
+
+
+signal.signal(signal.SIGUSR1, _dump_burst)
 profile.enable()
 try:
     main()
@@ -162,7 +172,14 @@ def main() -> int:
     parser.add_argument("--baseline-requests", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--profile-operator", metavar="FILE",
-                        help="run the operator under cProfile (CPU time) and write the stats to FILE")
+                        help="run the operator under cProfile (CPU time) and write the stats to FILE "
+                             "(and those until the last RayJob arrived to FILE.burst)")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="sample the operator with py-spy (low overhead) from the first create until the last "
+                             "RayJob arrived; FILE gets py-spy's raw (collapsed stacks) output")
+    parser.add_argument("--pin", action="store_true",
+                        help="operator on CPU 1, emulator and bench clients on CPU 0 (as on a cluster, where the "
+                             "API server does not share the operator's CPU)")
     parser.add_argument("--serve-emulator", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulator:
@@ -170,6 +187,14 @@ def main() -> int:
         return 0
 
     import httpx
+
+    pin_operator = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        pin_operator = {cpus[1]}
+        os.sched_setaffinity(0, {cpus[0]})  # the bench and (inherited) the emulator
 
     workdir = tempfile.mkdtemp(prefix="kubetune-bench-")
     env = dict(os.environ)  # no PYTHONPATH=REPO: operator/ would shadow the stdlib module
@@ -196,6 +221,7 @@ def main() -> int:
         if args.profile_operator:  # CPU-time profile of the operator (robust on a busy machine)
             command = ["-c", PROFILE_WRAPPER, os.path.abspath(args.profile_operator), *command[2:]]
         operator = subprocess.Popen([sys.executable, *command],
+                                    preexec_fn=(lambda: os.sched_setaffinity(0, pin_operator)) if pin_operator else None,
                                     env=op_env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "operator.log", "w"))
 
         # Watch RayJobs: record arrival, and play KubeRay (Initializing) for each new one. The
@@ -220,6 +246,8 @@ def main() -> int:
                         if len(arrived) >= args.jobs:
                             at_last_rayjob.update(operator=cpu_seconds(operator.pid), emulator=cpu_seconds(emu.pid),
                                                   wall=time.perf_counter())
+                            if args.profile_operator:
+                                os.kill(operator.pid, signal.SIGUSR1)
                             return
 
         def kuberay_initializes() -> None:
@@ -263,6 +291,12 @@ def main() -> int:
             http.post(f"/apis/kubetune.io/v1alpha1/namespaces/{NS}/finetunejobs", json=manifest(i)).raise_for_status()
             created[f"job-{i:04d}-train"] = time.perf_counter()
 
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(operator.pid),
+                                    "--rate", "250", "--format", "raw", "--output", args.py_spy],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches
         load_before = os.getloadavg()[0]
         cpu0 = {"emulator": cpu_seconds(emu.pid), "operator": cpu_seconds(operator.pid), "bench": time.process_time()}
         t0 = time.perf_counter()
@@ -270,6 +304,10 @@ def main() -> int:
             list(pool.map(create, range(args.jobs)))
         t_created = time.perf_counter() - t0
 
+        if spy is not None:
+            watcher.join(args.timeout)
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         all_provisioning.wait(args.timeout)
         to_initialize.put(None)
         provisioning = len(phases)
@@ -281,6 +319,9 @@ def main() -> int:
         latencies = [arrived[n] - created[n] for n in created if n in arrived]
         p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
         b50, b95 = percentile(base, 50), percentile(base, 95)
+        if pin_operator:
+            print(f"pinned: operator on CPU {sorted(pin_operator)[0]}, emulator and bench clients on CPU "
+                  f"{sorted(os.sched_getaffinity(0))[0]}")
         print(f"load average (1 min) before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
               "(wall-clock figures mean little above ~2.5 on 2 cores; the CPU seconds below still do)")
         print(f"jobs: {args.jobs} (created in {t_created:.2f} s); RayJobs seen: {len(latencies)}; "

@@ -22,6 +22,7 @@ from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, check_object
 from kubetune.api.finetunejob import MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
 
 from . import events, metrics
+from .child_watch import start_child_watches, stop_child_watches
 from .conditions import find_condition, now_rfc3339, status_patch
 from .k8s import KINDS, Invalid, KubeApi, KubeError
 from .render_common import LABEL_FINETUNEJOB
@@ -435,6 +436,9 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     memo.setdefault("reconciled", {})
     memo.setdefault("retries", {})
     memo.resync_task = asyncio.get_running_loop().create_task(_resync_loop(memo))
+    memo.child_watches = start_child_watches(
+        _api(memo), {kind: KINDS[kind] for kind in CHILD_KINDS}, tuple(memo.settings.namespaces),
+        LABEL_FINETUNEJOB, lambda kind: _child_handler(memo, kind))
 
 
 @kopf.on.cleanup()
@@ -443,6 +447,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await stop_child_watches(memo.get("child_watches") or [])
 
 
 def _owner_of(labels: Mapping[str, str] | None) -> str | None:
@@ -452,8 +457,8 @@ def _owner_of(labels: Mapping[str, str] | None) -> str | None:
 async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], type_: str | None,
                          workload: Mapping[str, Any] | None = None) -> None:
     owner = _owner_of(labels)
-    if not owner or type_ is None:
-        return  # None: the initial listing; the job's own listing event reconciles it
+    if not owner:
+        return
     if workload is not None and type_ == "ADDED" and not workload.get("status"):
         return  # our own create: reconcile already wrote the status it implies
     if type_ == "DELETED":
@@ -461,18 +466,14 @@ async def _child_changed(memo: Any, namespace: str, labels: Mapping[str, str], t
     await _guarded(memo, namespace, owner, lambda: sync_status(_api(memo), memo, namespace, owner, workload))
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-async def rayjob_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body,
-                       **_: Any) -> None:
-    await _child_changed(memo, namespace, labels, type, dict(body))
+CHILD_KINDS = ("RayJob", "Job", "Pod")
+"""Watched for their owners' status (by `child_watch`, not kopf): workloads and their pods."""
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-async def batch_job_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body,
-                          **_: Any) -> None:
-    await _child_changed(memo, namespace, labels, type, dict(body))
+def _child_handler(memo: Any, kind: str):
+    async def handle(event_type: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        workload = obj if kind != "Pod" else None  # a pod event re-reads the workload
+        await _child_changed(memo, meta.get("namespace") or "", meta.get("labels") or {}, event_type, workload)
 
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_FINETUNEJOB: kopf.PRESENT})
-async def pod_event(memo: kopf.Memo, namespace: str, labels: kopf.Labels, type: str | None, **_: Any) -> None:
-    await _child_changed(memo, namespace, labels, type)
+    return handle

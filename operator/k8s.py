@@ -20,9 +20,11 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
+import orjson
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +285,7 @@ class KubeApi:
         self._discovering: dict[str, asyncio.Future] = {}
         self._auth: tuple[float, dict[str, str]] | None = None
         self._host = ""
+        self._watch_session: Any = None
 
     @property
     def api_client(self) -> Any:
@@ -300,13 +303,17 @@ class KubeApi:
         for future in queue.drain() if queue is not None else ():  # callers still waiting get an answer
             if not future.done():
                 future.set_exception(ServerError(0, "Stopped", "the operator is stopping"))
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     def close(self) -> None:
         for task in self._workers:
             task.cancel()
+        watch_session, self._watch_session = self._watch_session, None
+        if watch_session is not None:
+            _drop_connections(watch_session)
         session, self._session = self._session, None
         if session is not None and not session.closed:
             loop = self._queue_loop
@@ -367,7 +374,7 @@ class KubeApi:
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
+            data = orjson.dumps(body)
         url = self._host + path
         try:
             async with self._session.request(method, url, params=query or None, data=data, headers=headers) as resp:
@@ -376,8 +383,8 @@ class KubeApi:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:  # no answer at all
             raise error_for(0, type(exc).__name__, str(exc) or type(exc).__name__, method=method, path=path) from exc
         try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
             payload = None
         if not 200 <= status < 300:
             reason = payload.get("reason") if isinstance(payload, dict) else None
@@ -425,6 +432,44 @@ class KubeApi:
             else:
                 if not future.cancelled():
                     future.set_result(result)
+
+    async def watch(self, res: Resource, namespace: str | None, *, resource_version: str,
+                    label_selector: str | None = None, timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """The events of one watch stream (`{"type", "object"}`), until the server ends it.
+
+        Not queued: a watch is one long request and must not hold one of the request
+        workers. It has its own connections. Failures raise KubeError like any call; an
+        `ERROR` event (410 Gone, for one) is yielded for the caller to decide.
+        """
+        import aiohttp
+
+        headers = {"Accept": "application/json", **self._auth_headers()}
+        query = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_seconds)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if self._watch_session is None or self._watch_session.closed:
+            context = self._ssl_context()
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=context if context is not None else True),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=timeout_seconds + 30),
+                skip_auto_headers=("User-Agent",))
+        path = res.path(namespace)
+        try:
+            async with self._watch_session.get(self._host + path, params=query, headers=headers) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    try:
+                        payload = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        payload = {}
+                    raise error_for(resp.status, payload.get("reason") or resp.reason or "",
+                                    payload.get("message") or raw.decode(errors="replace")[:500], method="WATCH", path=path)
+                async for line in resp.content:
+                    if line.strip():
+                        yield orjson.loads(line)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise error_for(0, type(exc).__name__, str(exc) or type(exc).__name__, method="WATCH", path=path) from exc
 
     # ------------------------------------------------------------------ verbs
 

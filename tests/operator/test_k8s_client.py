@@ -73,3 +73,26 @@ async def test_discovery(api):
     assert await api.has_resource("ray.io/v1", "rayjobs")
     assert await api.has_resource("v1", "configmaps")
     assert not await api.has_resource("example.com/v1", "widgets")
+
+
+async def test_watch_streams_events_from_a_version_with_the_selector(api, namespace):
+    listed = await api.call("GET", KINDS["ConfigMap"].path(namespace))
+    since = listed["metadata"]["resourceVersion"]
+    await api.create(_cm(namespace, {"kubetune.io/finetunejob": "a"}))
+    other = _cm(namespace, {})
+    other["metadata"]["name"] = "unlabelled"
+    await api.create(other)
+    events = []
+    stream = api.watch(KINDS["ConfigMap"], namespace, resource_version=since,
+                       label_selector="kubetune.io/finetunejob", timeout_seconds=1)
+    async for event in stream:
+        events.append((event["type"], event["object"]["metadata"]["name"]))
+    assert events == [("ADDED", "applied")]  # the server ended the stream after timeoutSeconds
+
+
+async def test_watch_of_a_kind_that_is_not_served_raises_not_found(api, namespace):
+    from kubetune.operator.k8s import Resource
+
+    with pytest.raises(NotFound):
+        async for _ in api.watch(Resource("example.com/v1", "widgets"), namespace, resource_version="0"):
+            pass

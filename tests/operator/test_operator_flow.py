@@ -187,10 +187,14 @@ def test_injected_500_and_409_are_retried_without_duplicates(k8s_emulator, kube_
     assert len(kube_http.list("rayjobs", namespace)) == 1
 
 
-def test_dropped_watches_are_resumed(k8s_emulator, kube_http, namespace):
+def test_dropped_watches_are_resumed(k8s_emulator, kube_http, kuberay, namespace):
+    """Both kinds of stream: kopf's (FineTuneJobs) and the operator's own (children)."""
     assert k8s_emulator.drop_watches() > 0
     _create(kube_http, namespace, name="after-drop")
     wait_phase(kube_http, namespace, "after-drop", "Pending")
+    assert k8s_emulator.drop_watches() > 0
+    kuberay.running("after-drop-train")
+    wait_phase(kube_http, namespace, "after-drop", "Training", timeout=10)
 
 
 def test_deleted_child_is_recreated_by_the_resync(kube_http, namespace):
