@@ -121,9 +121,11 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
 
         assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
         jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 60, message="retraining FineTuneJob")
+        # The status write that records the job follows its creation: wait for it while the
+        # operator still runs (a stop gives running handlers only a moment).
+        st = wait_for(lambda: (s := status(kube_http, namespace)).get("lastRetrainJob") and s, 30)
     assert len(jobs) == 1
     job = jobs[0]
-    st = wait_for(lambda: (s := status(kube_http, namespace)).get("lastRetrainJob") and s, 30)
     assert st["lastRetrainJob"] == job["metadata"]["name"] and len(st["retrainJobs"]) == 1
     assert cond(st, "RetrainingRequested")["reason"] == "JobCreated"
     traffic = job["spec"]["datasets"][-1]

@@ -103,7 +103,7 @@ def test_stale_child_bodies_are_recognised():
 
 async def test_request_queue_sends_urgent_first_and_defers_the_rest():
     loop = asyncio.get_running_loop()
-    queue = _RequestQueue(loop, defer_window=0.2, max_defer=30)
+    queue = _RequestQueue(loop, defer_window=2.0, max_defer=30)  # wide: a stalled test machine must not release it
     futures = {name: loop.create_future() for name in ("status", "rayjob-1", "event", "rayjob-2")}
     queue.put(1, "status", futures["status"])
     queue.put(0, "rayjob-1", futures["rayjob-1"])

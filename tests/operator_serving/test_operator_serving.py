@@ -122,7 +122,9 @@ def test_gates_passed_deploys_and_readiness_makes_it_ready(http, ns, kubectl):
     assert status["modelUri"] == "pvc://artifacts/ft-ok/adapter"
     # kopf's timer needs a finalizer (docs/deploying-models.md, troubleshooting)
     assert "kubetune.io/finalizer" in http.get("modeldeployments", ns, "chat")["metadata"]["finalizers"]
-    assert REGISTRY.get_sample_value("kubetune_modeldeployments", {"phase": "Ready"}) >= 1
+    # The gauge follows the status write's answer, which may come after the test saw Ready.
+    assert wait_for(lambda: (REGISTRY.get_sample_value("kubetune_modeldeployments", {"phase": "Ready"}) or 0) >= 1, 10,
+                    message="Ready gauge")
     table = kubectl("get", "mdep", "chat", "-n", ns)
     assert "Ready" in table.splitlines()[1], table
 

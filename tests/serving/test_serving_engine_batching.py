@@ -66,8 +66,8 @@ def test_each_row_keeps_its_own_limits_and_stream(engine):
 
 def test_concurrent_requests_share_one_generate_call(engine, batch_sizes):
     async def send_together():
-        futures = [engine._submit(_job(engine, p)) for p in PROMPTS]
-        return await asyncio.gather(*futures)
+        jobs = [_job(engine, p) for p in PROMPTS]  # tokenised first: submitted back to back, within one window
+        return await asyncio.gather(*[engine._submit(job) for job in jobs])
 
     results = asyncio.run(send_together())
     assert batch_sizes == [3]
@@ -77,13 +77,13 @@ def test_concurrent_requests_share_one_generate_call(engine, batch_sizes):
 
 def test_batches_never_mix_models_or_sampling_settings(engine, batch_sizes):
     async def send():
-        futures = [
-            engine._submit(_job(engine, PROMPTS[0])),
-            engine._submit(_job(engine, PROMPTS[1], temperature=0.7)),
-            engine._submit(_job(engine, PROMPTS[2])),
-            engine._submit(_job(engine, PROMPTS[0], temperature=0.7, seed=3)),
+        jobs = [
+            _job(engine, PROMPTS[0]),
+            _job(engine, PROMPTS[1], temperature=0.7),
+            _job(engine, PROMPTS[2]),
+            _job(engine, PROMPTS[0], temperature=0.7, seed=3),
         ]
-        return await asyncio.gather(*futures)
+        return await asyncio.gather(*[engine._submit(job) for job in jobs])
 
     results = asyncio.run(send())
     assert sorted(batch_sizes) == [1, 1, 2]  # the two greedy ones together; sampled and seeded apart

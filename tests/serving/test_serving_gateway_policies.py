@@ -191,9 +191,10 @@ def test_upstream_down_timeout_and_error(loop_thread, tmp_path, scripted):
     assert httpx.get(url + "/healthz").status_code == 200  # the gateway itself keeps serving
 
     (tmp_path / "slow").mkdir()
-    _, url, client = start_gateway(loop_thread, tmp_path / "slow", scripted.url, upstream_timeout=0.3)
+    # Wide enough that a stalled machine does not time out the calls that must succeed.
+    _, url, client = start_gateway(loop_thread, tmp_path / "slow", scripted.url, upstream_timeout=1.5)
     client.models.list()
-    scripted.delay = 2.0
+    scripted.delay = 6.0
     with pytest.raises(openai.APIStatusError) as err:
         client.completions.create(model="base", prompt="x")
     assert err.value.status_code == 504 and err.value.body["code"] == "upstream_timeout"
