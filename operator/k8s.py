@@ -19,8 +19,8 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -286,6 +286,7 @@ class KubeApi:
         self._auth: tuple[float, dict[str, str]] | None = None
         self._host = ""
         self._watch_session: Any = None
+        self._watch_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def api_client(self) -> Any:
@@ -448,7 +449,12 @@ class KubeApi:
                  "timeoutSeconds": str(timeout_seconds)}
         if label_selector:
             query["labelSelector"] = label_selector
-        if self._watch_session is None or self._watch_session.closed:
+        loop = asyncio.get_running_loop()
+        if self._watch_session is not None and (self._watch_session.closed or self._watch_loop is not loop):
+            _drop_connections(self._watch_session)  # closed, or bound to a previous loop
+            self._watch_session = None
+        if self._watch_session is None:
+            self._watch_loop = loop
             context = self._ssl_context()
             self._watch_session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, ssl=context if context is not None else True),
