@@ -15,6 +15,7 @@ import kopf
 from . import events
 from .k8s import KubeApi
 from .metrics import start_metrics_server
+from .render_common import LABEL_MODELDEPLOYMENT
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings) -> None:
     )
     kopf_settings.persistence.finalizer = FINALIZER
     kopf_settings.posting.level = logging.WARNING
+    # Server-side filters: kopf watches pods and Deployments only for the ModelDeployments'
+    # children. Unfiltered, a cluster-wide watch streams every pod and Deployment of the
+    # cluster to the operator and runs each through kopf (FineTuneJobs' children are
+    # watched by child_watch, filtered the same way).
+    kopf_settings.watching.label_selectors["", "v1", "pods"] = LABEL_MODELDEPLOYMENT
+    kopf_settings.watching.label_selectors["apps", "v1", "deployments"] = LABEL_MODELDEPLOYMENT
     kopf_settings.watching.server_timeout = 300
     kopf_settings.watching.client_timeout = 330
     kopf_settings.watching.reconnect_backoff = 0.5

@@ -77,6 +77,24 @@ def test_diffbase_is_kept_only_for_change_tracked_kinds():
     assert storage.build(body=md)["spec"] == {"x": 1}
 
 
+def test_kopf_watches_of_pods_and_deployments_are_filtered_by_the_api_server():
+    """Only the ModelDeployments' children: a cluster-wide watch must not stream every pod."""
+    import kopf
+
+    from kubetune.operator.main import configure_kopf
+
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings)
+    selectors = settings.watching.label_selectors
+    pods = kopf.Resource(group="", version="v1", plural="pods", kind="Pod", namespaced=True)
+    deployments = kopf.Resource(group="apps", version="v1", plural="deployments", kind="Deployment", namespaced=True)
+    jobs = kopf.Resource(group="kubetune.io", version="v1alpha1", plural="finetunejobs", kind="FineTuneJob",
+                         namespaced=True)
+    assert list(selectors.collect(pods)) == ["kubetune.io/modeldeployment"]
+    assert list(selectors.collect(deployments)) == ["kubetune.io/modeldeployment"]
+    assert list(selectors.collect(jobs)) == []
+
+
 def test_spec_revision_ignores_status_and_follows_spec_and_labels():
     body = {"metadata": {"uid": "u", "generation": 1, "labels": {"a": "1"}}, "spec": {"x": 1}, "status": {"phase": "Pending"}}
     same = {**body, "status": {"phase": "Training", "progress": {"step": 3}}}
