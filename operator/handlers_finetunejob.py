@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -368,17 +368,63 @@ async def _retry_later(memo: Any, namespace: str, name: str, delay: float, attem
         await _reconcile_revision(memo, body, revision, attempt)
 
 
+FineTuneJobObserver = Callable[..., Awaitable[None]]
+_observers: list[FineTuneJobObserver] = []
+
+
+def observe_finetunejobs(observer: FineTuneJobObserver) -> FineTuneJobObserver:
+    """Register `observer(type, body, memo, **kopf_kwargs)` for every FineTuneJob event.
+
+    Other modules (the ModelDeployments' nudge) follow jobs through this instead of kopf
+    event handlers of their own on FineTuneJobs: kopf runs each event through every handler
+    of its kind, building its causes, loggers and kwargs each time (see docs/benchmarks.md).
+    The observer runs after the job's own handling, gets the DELETED event too, and its
+    failures are logged, never raised into the job's handling.
+    """
+    _observers.append(observer)
+    return observer
+
+
+async def _notify(type: str | None, body: Any, memo: Any, kwargs: dict[str, Any]) -> None:
+    for observer in _observers:
+        try:
+            await observer(type, body, memo, **kwargs)
+        except Exception:
+            meta = body["metadata"]
+            log.exception("FineTuneJob observer %s failed on %s/%s", getattr(observer, "__name__", observer),
+                          meta.get("namespace"), meta.get("name"))
+
+
+async def notify_observers(type: str | None, body: Any, memo: Any, **kwargs: Any) -> None:
+    """The observers alone, as a kopf event handler, for a registry without
+    `finetunejob_event` (the serving tests run the ModelDeployment handlers only)."""
+    await _notify(type, body, memo, kwargs)
+
+
 @kopf.on.event(*FTJ)
 async def finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, namespace: str, name: str,
-                            **_: Any) -> None:
+                            **kwargs: Any) -> None:
     """Every FineTuneJob event, including the initial listing (type None, like a resume).
 
     An event handler rather than kopf's create/update/resume handlers: no diff-base, no
     progress annotations, no extra PATCH per event. Whether there is anything to do is
     decided here, level-based, from the job itself (`spec_revision`): children are
     re-applied once per revision, and immutability is judged against what the ConfigMap
-    recorded when training started (see `reconcile`), not against a stored diff.
+    recorded when training started (see `reconcile`), not against a stored diff. Then the
+    observers (`observe_finetunejobs`) see the event.
     """
+    failure = None
+    try:
+        await _on_event(type, body, memo, namespace, name)
+    except Exception as exc:  # raised after the observers had their turn (kopf logs it)
+        failure = exc
+    if _observers:
+        await _notify(type, body, memo, kwargs)
+    if failure is not None:
+        raise failure
+
+
+async def _on_event(type: str | None, body: Any, memo: Any, namespace: str, name: str) -> None:
     if type == "DELETED":
         # Children go with their owner (ownerReferences); artifacts on storage are kept.
         memo.reconciled.pop((namespace, name), None)

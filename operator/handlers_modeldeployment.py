@@ -35,6 +35,7 @@ from . import events
 from . import render_serving as rs
 from . import status_serving as ss
 from .conditions import condition, now_rfc3339, set_conditions, status_patch
+from .handlers_finetunejob import observe_finetunejobs
 from .k8s import Conflict, KubeApi, KubeError, NotFound, Resource, api_of, reset_shared_api
 from .metrics import RECONCILE_ERRORS
 from .settings import Settings
@@ -156,7 +157,9 @@ async def finetunejobs_by_namespace(namespace: str, name: str, body: kopf.Body, 
 
     Only those: a deployment finds them by their target, while the jobs it names itself
     (model or adapters) are read from the API when it reconciles (`_with_referenced_jobs`).
-    Indexing every job would cost each of hundreds of FineTuneJob events a kopf handler run.
+    A kopf index rather than an observer of the FineTuneJob handler: kopf fills its indexes
+    from the initial listing before any handler runs, so a restarted operator never
+    reconciles a deployment without the jobs promoting into it (which would roll it back).
 
     Handlers here are `async def` even without awaiting: kopf runs a plain `def` in a thread
     pool, a thread hop per event that fights the event loop for the GIL.
@@ -211,9 +214,9 @@ def job_revision(status: Mapping[str, Any]) -> str:
 _nudged: dict[tuple[str, str, str], str] = {}
 
 
-@kopf.on.event(*FTJ)
+@observe_finetunejobs
 async def nudge_deployments(
-    type: str, body: kopf.Body, memo: Any, modeldeployments_by_job: kopf.Index, **_: Any
+    type: str | None, body: Mapping[str, Any], memo: Any, modeldeployments_by_job: kopf.Index, **_: Any
 ) -> None:
     """A job's phase or result changed: touch each ModelDeployment that uses it.
 

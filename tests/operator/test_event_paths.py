@@ -148,3 +148,31 @@ async def test_request_queue_bounds_the_deferral():
     assert (await queue.get())[0] == "rayjob"
     assert (await asyncio.wait_for(queue.get(), 5))[0] == "status"  # released by max_defer, not starved
     assert len(queue.drain()) == 0
+
+
+async def test_observers_see_every_job_event_and_their_failures_stay_theirs(caplog):
+    """Other modules follow FineTuneJobs through the job handler's observers (one kopf handler
+    per event); an observer that fails is logged and does not fail the job's handling."""
+    import kopf
+
+    from kubetune.operator import handlers_finetunejob as h
+
+    seen = []
+
+    async def records(type, body, memo, **kwargs):
+        seen.append((type, body["metadata"]["name"], sorted(kwargs)))
+
+    async def breaks(type, body, memo, **kwargs):
+        raise RuntimeError("observer bug")
+
+    memo = kopf.Memo(reconciled={}, locks={}, workload_versions={})
+    body = {"metadata": {"name": "gone", "namespace": "ns"}}
+    saved = list(h._observers)
+    h._observers[:] = [breaks, records]
+    try:
+        await h.finetunejob_event(type="DELETED", body=body, memo=memo, namespace="ns", name="gone",
+                                  some_index={"x": 1})
+    finally:
+        h._observers[:] = saved
+    assert seen == [("DELETED", "gone", ["some_index"])]
+    assert "FineTuneJob observer breaks failed on ns/gone" in caplog.text

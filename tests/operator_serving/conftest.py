@@ -122,7 +122,8 @@ class FakeVllm:
 
 
 def serving_registry() -> kopf.OperatorRegistry:
-    """Only the ModelDeployment handlers, so other components' handlers never touch test objects."""
+    """Only the ModelDeployment handlers (and the FineTuneJob observers they rely on), so other
+    components' handlers never touch test objects."""
     from kubetune.operator import handlers_modeldeployment as ours
 
     default = kopf.get_default_registry()
@@ -131,6 +132,12 @@ def serving_registry() -> kopf.OperatorRegistry:
         for handler in getattr(default, attr).get_all_handlers():
             if getattr(handler.fn, "__module__", "") == ours.__name__:
                 getattr(registry, attr).append(handler)
+
+    # Jobs reach the ModelDeployment handlers through the FineTuneJob handler's observers;
+    # here they are called without the FineTuneJob handler itself (the tests set job status).
+    from kubetune.operator.handlers_finetunejob import FTJ, notify_observers
+
+    kopf.on.event(*FTJ, registry=registry)(notify_observers)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
