@@ -36,11 +36,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# promtool (Debian's prometheus package) for alert-rule tests; best effort outside CI.
+# promtool (Debian's prometheus package) for alert-rule tests, and tcmalloc, which local training
+# workers preload when it is installed (trainer_image/allocator.py); best effort outside CI.
 tools:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "promtool not installed: alert-rule tests will skip"; }
+	@$(VENV)/bin/python -c "import sys; from kubetune.trainer.allocator import find_tcmalloc; sys.exit(find_tcmalloc() is None)" || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 >/dev/null) \
+	  || echo "tcmalloc not installed: local training keeps glibc's allocator, its test will skip"; }
 
 test: venv tools
 	$(VENV)/bin/kubetune crds check

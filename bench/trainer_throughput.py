@@ -13,7 +13,9 @@ honest:
 - plain: transformers `Trainer` + peft, dynamic padding, no packing
 - trl:   TRL `SFTTrainer` with `packing=True` (best-fit decreasing, padding-free)
 
-Useful tokens are non-padding tokens. The first optimizer step (allocator and kernel warm-up)
+Ours runs on the allocator `kubetune train --local` gives its workers (tcmalloc when installed,
+see trainer_image/allocator.py); the baselines on glibc's unless `--baseline-allocator tcmalloc`.
+Each line names its allocator. Useful tokens are non-padding tokens. The first optimizer step (allocator and kernel warm-up)
 is excluded from the timing. Both wall-clock tokens/s and tokens per CPU-second are printed:
 the second is robust when other processes share the CPU. Without --model the SmolLM2 folder
 from `kubetune models import-gguf` is used when found, else a tiny random model (said so).
@@ -148,6 +150,16 @@ def _count_hook(counter: list[int]):
         else:  # padding-free: one flattened row of real tokens
             counter[0] += int(ids.numel())
     return hook
+
+
+def child_allocator_env(runner: str, baseline_allocator: str) -> dict[str, str]:
+    """The malloc preload of one run: ours gets what local training workers get, the baselines
+    glibc (what a user of them runs on) unless --baseline-allocator tcmalloc."""
+    from kubetune.trainer.allocator import worker_allocator_env
+
+    if runner == "ours":
+        return worker_allocator_env(os.environ)
+    return worker_allocator_env({"KUBETUNE_ALLOCATOR": baseline_allocator})
 
 
 def run_ours(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
@@ -300,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="packed rows per step for ours (default --batch-size); pick it so that ours' tokens "
                              "per step match the plain run's when comparing memory")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS))
+    parser.add_argument("--baseline-allocator", choices=("system", "tcmalloc"), default="system",
+                        help="malloc of the plain and trl runs (ours uses what `kubetune train --local` gives its "
+                             "workers: tcmalloc when installed, KUBETUNE_ALLOCATOR=system for glibc)")
     parser.add_argument("--json", help="also write all figures to this file")
     parser.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -332,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--ours-batch-size", str(args.ours_batch_size)]
             if args.gradient_checkpointing:
                 cmd += ["--gradient-checkpointing"]
+            env = {**os.environ, **child_allocator_env(name, args.baseline_allocator)}
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"{name}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
                 return 1
@@ -341,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             r = results[name]
             print(f"{name:6s} {r['tokensPerSecond']:9.1f} tok/s  {r['tokensPerCpuSecond'] or 0:9.1f} tok/cpu-s  "
                   f"peak RSS {r['peakRssMiB']:7.0f} MiB  {r['tokensPerStep']:6.0f} tok/step  final loss {r['finalLoss']:.4f}  "
-                  f"({r['timedTokens']} tokens in {r['wallSeconds']:.1f}s; run {time.perf_counter() - t0:.0f}s)",
+                  f"({r['timedTokens']} tokens in {r['wallSeconds']:.1f}s; run {time.perf_counter() - t0:.0f}s; "
+                  f"malloc: {'tcmalloc' if 'tcmalloc' in env.get('LD_PRELOAD', '') else 'glibc'})",
                   flush=True)
         if "ours" in results:
             ours = results["ours"]

@@ -20,6 +20,7 @@ from kubetune.api.finetunejob import FineTuneJob
 from kubetune.api.uris import local_path
 
 from . import methods, model_init
+from .allocator import worker_allocator_env
 from .errors import TrainerConfigError
 from .loop import LoopConfig, LoopResult, gpu_options_from_env, train_loop
 from .progress import FanOutSink
@@ -115,19 +116,27 @@ def prepare_data(job: FineTuneJob, tokenizer, *, base_dir: Path | None):
         raise TrainerConfigError(str(exc)) from exc
 
 
-def _connect_ray(local: bool, workers: int):
-    """Connect to the Ray cluster (in a pod: KubeRay's; locally: start one). True if we started it."""
+def _connect_ray(local: bool, workers: int, worker_env: dict[str, str] | None = None):
+    """Connect to the Ray cluster (in a pod: KubeRay's; locally: start one). True if we started it.
+
+    `worker_env` goes to the workers of a local cluster (a pod's workers inherit the image's).
+    """
     import ray
 
     if ray.is_initialized():
         return False
+    worker_env = worker_env or {}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
         ray.init(
             num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False, configure_logging=False,
             log_to_driver=True,
-            runtime_env={"worker_process_setup_hook": "kubetune.trainer.ray_quiet.quiet_ray_train_noise"},
+            runtime_env={"worker_process_setup_hook": "kubetune.trainer.ray_quiet.quiet_ray_train_noise",
+                         **({"env_vars": worker_env} if worker_env else {})},
         )
+        if worker_env.get("LD_PRELOAD"):
+            log.info("training workers allocate with %s (KUBETUNE_ALLOCATOR=system for glibc)",
+                     worker_env["LD_PRELOAD"].split()[-1])
     else:
         ray.init()
     return True
@@ -182,7 +191,7 @@ def train(
         return train_loop(cfg)
     from .distributed import cpu_quantity, run_on_ray, unique_run_name
 
-    started = _connect_ray(local, workers)
+    started = _connect_ray(local, workers, worker_allocator_env(os.environ) if local else None)
     try:
         use_gpu = spec.resources.gpus_per_worker > 0 and _gpus_available(local)
         if spec.resources.gpus_per_worker > 0 and not use_gpu:
