@@ -15,8 +15,8 @@ honest:
 
 Ours runs on the allocator `kubetune train --local` gives its workers (tcmalloc when installed,
 see trainer_image/allocator.py); the baselines on glibc's unless `--baseline-allocator tcmalloc`.
-Each line names its allocator. Useful tokens are non-padding tokens. The first optimizer step (allocator and kernel warm-up)
-is excluded from the timing. Both wall-clock tokens/s and tokens per CPU-second are printed:
+Each line names its allocator. Useful tokens are non-padding tokens. The first optimizer step
+(allocator and kernel warm-up) is excluded from the timing. Both wall-clock tokens/s and tokens per CPU-second are printed:
 the second is robust when other processes share the CPU. Without --model the SmolLM2 folder
 from `kubetune models import-gguf` is used when found, else a tiny random model (said so).
 """

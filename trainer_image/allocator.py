@@ -21,7 +21,8 @@ from .errors import TrainerConfigError
 TCMALLOC_LIBRARY = "libtcmalloc_minimal.so.4"
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 CHOICES = ("auto", "tcmalloc", "system")
-# tcmalloc reports every allocation above 1 GiB on stderr; a 49k-vocabulary logits tensor is one
+# tcmalloc reports every allocation above 1 GiB on stderr; the vocabulary-sized logits of a large
+# batch are one, every step
 QUIET_LARGE_ALLOCATIONS = str(1 << 40)
 
 

@@ -18,7 +18,14 @@ from tests.monitoring.samples import modeldeployment
 from tests.monitoring.synthetic import pairs
 
 pytestmark = pytest.mark.slow
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+# The monitor's "now" in these tests, ahead of the real clock. The operator stamps lastDeployTime
+# with the real time, and a deploy later than the last check restarts the drift count: a fixed
+# date made the persistent-drift tests fail on every run after that date.
+T0 = (datetime.now(timezone.utc) + timedelta(hours=6)).replace(second=0, microsecond=0)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +65,7 @@ def cluster_files(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
     rows = pairs(300, 2, shifted_share=0.3)
-    stamp = (T0 - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    stamp = rfc3339(T0 - timedelta(minutes=5))
     (logs / "payloads.jsonl").write_text("".join(
         json.dumps({"id": f"req-{i}", "time": stamp, **r, "safety": {"flagged": False, "score": 0.0, "categories": {}}})
         + "\n" for i, r in enumerate(rows)))
@@ -172,7 +179,7 @@ def test_after_a_new_deploy_the_reference_moves_and_the_count_restarts(
     md = modeldeployment(namespace=namespace, mode="Suggest")
     kube_http.create("modeldeployments", namespace, md)
     kube_http.patch_status("modeldeployments", namespace, "support-bot",
-                           {"modelUri": "pvc://models/support/v1", "lastDeployTime": "2026-11-20T00:00:00Z"})
+                           {"modelUri": "pvc://models/support/v1", "lastDeployTime": rfc3339(T0 - timedelta(days=3))})
     assert run_monitor(kube_client, namespace, cluster_files, T0) == 0
     assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15)) == 0
     st = status(kube_http, namespace)
@@ -184,7 +191,7 @@ def test_after_a_new_deploy_the_reference_moves_and_the_count_restarts(
     (v2 / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs(300, 7, shifted_share=0.3)))
     (v2 / "manifest.json").write_text(json.dumps({"reference": {"file": "reference.jsonl"}}))
     kube_http.patch_status("modeldeployments", namespace, "support-bot",
-                           {"modelUri": "pvc://models/support/v2", "lastDeployTime": "2026-11-23T12:20:00Z"})
+                           {"modelUri": "pvc://models/support/v2", "lastDeployTime": rfc3339(T0 + timedelta(minutes=20))})
     assert run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=30)) == 0
     st = status(kube_http, namespace)
     assert st["monitoring"]["driftDetected"] is False and st["monitoring"]["consecutiveDriftChecks"] == 0
