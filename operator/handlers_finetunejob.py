@@ -25,7 +25,7 @@ from . import events, metrics
 from .child_watch import start_child_watches, stop_child_watches
 from .conditions import find_condition, now_rfc3339, status_patch
 from .k8s import KINDS, Invalid, KubeApi, KubeError
-from .render_common import LABEL_FINETUNEJOB
+from .render_common import LABEL_FINETUNEJOB, add_labels
 from .render_rbac import render_rbac
 from .render_training import (
     CONFIG_FILE,
@@ -222,10 +222,11 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     # The workload first, on its own (what users wait for: it jumps the API queue); the
     # ConfigMap and RBAC are rendered and applied once it is on its way. Its pods wait for
     # them as on any cluster (a missing ConfigMap or ServiceAccount only delays a pod).
-    workload_apply = asyncio.ensure_future(api.apply(render_workload(owner, job, memo.settings), priority=0,
-                                                     create_only=workload_create_only(owner, spec)))
+    extra_labels = memo.settings.extra_labels
+    workload_apply = asyncio.ensure_future(api.apply(add_labels(render_workload(owner, job, memo.settings), extra_labels),
+                                                     priority=0, create_only=workload_create_only(owner, spec)))
     await asyncio.sleep(0)  # let it reach the API queue before rendering the rest
-    others = [render_config_map(owner, job), *render_rbac(owner)]
+    others = [add_labels(child, extra_labels) for child in (render_config_map(owner, job), *render_rbac(owner))]
     results = await asyncio.gather(
         workload_apply,
         *(api.apply(child, priority=1) for child in others),

@@ -38,6 +38,7 @@ from .conditions import condition, now_rfc3339, set_conditions, status_patch
 from .handlers_finetunejob import observe_finetunejobs
 from .k8s import Conflict, KubeApi, KubeError, NotFound, Resource, api_of, reset_shared_api
 from .metrics import RECONCILE_ERRORS
+from .render_common import add_labels
 from .settings import Settings
 from .vllm_admin import FAILED, LOADED, LOADING, EngineUnreachable, VllmAdmin, VllmAdminError, sync_adapters
 from .vllm_args import EngineArgsError
@@ -104,9 +105,9 @@ def serving_settings(memo: Any = None) -> rs.ServingSettings:
     """Serving settings: the operator's Settings (memo.settings) where they overlap, else env."""
     operator_settings = getattr(memo, "settings", None) if memo is not None else None
     key = ("settings", id(operator_settings))
-    if key not in _state:
-        _state[key] = from_operator_settings(operator_settings)
-    return _state[key]
+    if key not in _state:  # the entry holds the settings too, so their id is not reused meanwhile
+        _state[key] = (operator_settings, from_operator_settings(operator_settings))
+    return _state[key][1]
 
 
 def from_operator_settings(settings: Settings | None, env: Mapping[str, str] | None = None) -> rs.ServingSettings:
@@ -123,6 +124,7 @@ def from_operator_settings(settings: Settings | None, env: Mapping[str, str] | N
         "kubetune_image": settings.trainer_image,
         "enable_keda": settings.enable_keda,
         "model_cache_claim": settings.model_cache_claim or None,
+        "extra_labels": dict(settings.extra_labels),
     }
     if not env.get("KUBETUNE_SERVING_RESYNC_SECONDS"):
         overrides["resync_seconds"] = settings.resync_seconds
@@ -417,7 +419,7 @@ async def reconcile(
         settings=settings,
     )
     try:
-        children = rs.render_all(inp)
+        children = [add_labels(child, settings.extra_labels) for child in rs.render_all(inp)]
     except (EngineArgsError, ValueError) as exc:
         await _blocked(api, body, ss.Blocked("InvalidSpec", str(exc), "Failed"), generation, stamp)
         _record_phase(namespace, name, "Failed")

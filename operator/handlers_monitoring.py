@@ -12,6 +12,7 @@ Level-based on every ModelDeployment event (kopf replays all objects after a res
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from kubetune.api import ManifestError, parse_finetunejob
 from . import events
 from .conditions import condition, find_condition, now_rfc3339, set_conditions
 from .k8s import AlreadyExists, KubeApi, KubeError, Resource, api_of, reset_shared_api
+from .render_common import add_labels
 from .render_monitor import MonitorSettings, MonitorUnavailable, monitor_name, render_monitor
 from .render_retraining import (
     LABEL_RETRAINED_FROM,
@@ -56,7 +58,9 @@ _state: dict[str, Any] = {"applied": {}, "signals": {}, "suggested": set()}
 
 def _settings(memo: Any) -> MonitorSettings:
     if "settings" not in _state:
-        _state["settings"] = MonitorSettings.from_env()
+        operator_settings = getattr(memo, "settings", None)
+        _state["settings"] = dataclasses.replace(
+            MonitorSettings.from_env(), extra_labels=dict(getattr(operator_settings, "extra_labels", None) or {}))
     return _state["settings"]
 
 
@@ -124,7 +128,7 @@ async def ensure_monitor(api: KubeApi, body: Mapping[str, Any], settings: Monito
         _state["applied"][key] = ("unavailable",)
         return
     for child in children:
-        await api.apply(child)
+        await api.apply(add_labels(child, settings.extra_labels))
     _state["applied"][key] = fingerprint
 
 

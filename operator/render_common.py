@@ -103,3 +103,38 @@ def container_security_context() -> dict[str, Any]:
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
     }
+
+
+def add_labels(child: dict[str, Any], extra: Mapping[str, str]) -> dict[str, Any]:
+    """The operator-wide labels (KUBETUNE_EXTRA_LABELS) on a rendered child and its pod templates.
+
+    For cost attribution and policy engines, which look at pods as much as at the objects
+    that create them. Labels the renderer set win: selectors and Kueue's labels keep their
+    values. Changes `child` in place (a freshly rendered object) and returns it.
+    """
+    if not extra:
+        return child
+    for meta in _label_targets(child):
+        meta["labels"] = {**extra, **(meta.get("labels") or {})}
+    return child
+
+
+def _label_targets(obj: Any) -> list[dict[str, Any]]:
+    """The object's metadata and every template's metadata under it (Deployments, Jobs,
+    CronJobs' job templates, RayJobs' head, worker and submitter pods)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+        found.append(obj["metadata"])
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if (key == "template" or key.endswith("Template")) and isinstance(value, dict):
+                    found.append(value.setdefault("metadata", {}))
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(obj.get("spec") if isinstance(obj, dict) else None)
+    return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.uris import parse_uri
@@ -45,6 +45,8 @@ class MonitorSettings:
     cpu: str = "1"
     memory: str = "3Gi"
     active_deadline_seconds: int = 1800
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """The operator's KUBETUNE_EXTRA_LABELS, put on the CronJob, its RBAC and its pods."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorSettings:

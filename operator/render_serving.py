@@ -73,6 +73,8 @@ class ServingSettings:
     """How often pods are checked for adapters to (re)load and the Deployment for readiness."""
     admin_port: int | None = None
     """Port the operator uses for vLLM's admin API (default vllm_port; tests point it at a fake)."""
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """The operator's KUBETUNE_EXTRA_LABELS, put on every child and its pods."""
     vllm_port: int = VLLM_PORT
     gateway_port: int = GATEWAY_PORT
 

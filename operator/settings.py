@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -62,6 +63,31 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+RESERVED_LABEL_PREFIXES = ("kubetune.io/", "app.kubernetes.io/", "ray.io/", "kueue.x-k8s.io/")
+"""Label domains the operator writes itself (selectors, Kueue admission): not for extra labels."""
+
+
+def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """`k=v,k2=v2` as label syntax allows (checked here: a bad one would fail every child's create)."""
+    labels: dict[str, str] = {}
+    for pair in _list(env, name):
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        prefix, slash, short = key.rpartition("/")
+        if not sep or not short or not _LABEL_NAME.match(short) or (slash and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))):
+            raise SettingsError(f"{name}: {pair!r} is not key=value with a valid label key "
+                                "([prefix/]name, name at most 63 letters, digits, '-', '_', '.')")
+        if not _LABEL_NAME.match(value):
+            raise SettingsError(f"{name}: the value of {key!r} is not a valid label value "
+                                "(at most 63 letters, digits, '-', '_', '.', starting and ending alphanumeric)")
+        if key.startswith(RESERVED_LABEL_PREFIXES):
+            raise SettingsError(f"{name}: {key!r} is in a label domain the operator sets itself "
+                                f"({', '.join(RESERVED_LABEL_PREFIXES)})")
+        labels[key] = value
+    return labels
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator is configured with; `from_env()` builds it."""
@@ -103,7 +129,8 @@ class Settings:
     api_threads: int = 16
     """Kubernetes API requests in flight at once (KUBETUNE_API_THREADS; the name is historical)."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
-    """Labels put on every child (KUBETUNE_EXTRA_LABELS, k=v comma list)."""
+    """Labels put on every child and its pods (KUBETUNE_EXTRA_LABELS, k=v comma list), e.g. a
+    team or cost centre for cost reports; labels kubetune sets itself keep their values."""
     trainer_gpu_attention: str = "sdpa"
     """Attention kernel of GPU training pods (KUBETUNE_TRAINER_ATTENTION: sdpa or flex_attention,
     which skips the tiles a packed batch masks out; see docs/training.md)."""
@@ -118,12 +145,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings; raises SettingsError naming the variable on a bad value."""
         env = os.environ if env is None else env
-        extra: dict[str, str] = {}
-        for pair in _list(env, "KUBETUNE_EXTRA_LABELS"):
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise SettingsError(f"KUBETUNE_EXTRA_LABELS: {pair!r} is not key=value")
-            extra[key.strip()] = value.strip()
+        extra = _labels(env, "KUBETUNE_EXTRA_LABELS")
         log_format = env.get("KUBETUNE_LOG_FORMAT", "json").strip() or "json"
         if log_format not in ("json", "plain"):
             raise SettingsError(f"KUBETUNE_LOG_FORMAT={log_format!r}: expected json or plain")

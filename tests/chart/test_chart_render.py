@@ -158,6 +158,16 @@ def test_default_render_keeps_optional_integrations_off(default_render):
     assert "KUBETUNE_KEDA_PROMETHEUS" not in env
 
 
+def test_child_labels_reach_the_operator_settings(integrations_render, default_render):
+    """operator.childLabels becomes KUBETUNE_EXTRA_LABELS, parsed by the operator's own settings."""
+    from kubetune.operator.settings import Settings
+
+    _, env = _env(integrations_render)
+    settings = Settings.from_env({"KUBETUNE_EXTRA_LABELS": env["KUBETUNE_EXTRA_LABELS"]})
+    assert settings.extra_labels == {"team": "ml-platform", "example.com/cost-centre": "4711"}
+    assert "KUBETUNE_EXTRA_LABELS" not in _env(default_render)[1]
+
+
 def test_every_setting_the_chart_passes_is_read_by_the_operator(rendered):
     """A renamed variable in kubetune.operator would otherwise be ignored silently."""
     sources = "".join(p.read_text() for p in (REPO / "operator").glob("*.py"))

@@ -287,6 +287,7 @@ class _Fault:
     status: int
     remaining: int
     reason: str
+    after_write: bool = False
 
 
 @attrs.define(kw_only=True)
@@ -349,9 +350,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._kinds.pop((group, version, plural), None)
         self.resources.pop(kmock.resource(group, version, plural), None)
 
-    def fail_next(self, method: str, path: str, status: int = 500, times: int = 1, reason: str = "") -> None:
-        """Answer the next `times` requests whose method matches and path matches the regex with an error."""
-        self._faults.append(_Fault(method.upper(), re.compile(path), status, times, reason or _REASONS.get(status, "InternalError")))
+    def fail_next(self, method: str, path: str, status: int = 500, times: int = 1, reason: str = "",
+                  after_write: bool = False) -> None:
+        """Answer the next `times` requests whose method matches and path matches the regex with an error.
+
+        `after_write`: the request takes effect first (as when etcd committed but the answer was
+        lost to a timeout or a proxy), so a client's retry meets the object it already wrote.
+        """
+        self._faults.append(_Fault(method.upper(), re.compile(path), status, times,
+                                   reason or _REASONS.get(status, "InternalError"), after_write))
 
     def drop_watches(self) -> int:
         """End every open watch stream (as an API server restart or a load balancer would)."""
@@ -435,12 +442,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         path = request.url.path
-        for fault in self._faults:
-            if fault.remaining > 0 and fault.method == request.method.value and fault.pattern.search(path):
-                fault.remaining -= 1
-                self.request_log.append((request.method.value, path, fault.status))
-                err = ApiError(fault.status, fault.reason, f"injected fault for {request.method.value} {path}")
-                return aiohttp.web.json_response(err.status(), status=fault.status)
+        fault = next((f for f in self._faults if f.remaining > 0 and f.method == request.method.value
+                      and f.pattern.search(path)), None)
+        if fault is not None:
+            fault.remaining -= 1
+            if not fault.after_write:
+                return self._fault_response(request, path, fault)
         resource = request.resource
         if resource is None or resource.plural is None or (resource.group, resource.version, resource.plural) not in self._kinds:
             if resource is not None and resource.plural is not None:
@@ -457,10 +464,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         except ApiError as err:
             self.request_log.append((request.method.value, path, err.code))
             return aiohttp.web.json_response(err.status(), status=err.code)
+        if fault is not None:  # after_write: the change is stored, the client hears an error
+            return self._fault_response(request, path, fault)
         self.request_log.append((request.method.value, path, status))
         if _wants_table(request) and request.method.value == "GET":
             payload = self._as_table(kind, payload)
         return aiohttp.web.json_response(payload, status=status)
+
+    def _fault_response(self, request: rendering.Request, path: str, fault: _Fault) -> aiohttp.web.StreamResponse:
+        self.request_log.append((request.method.value, path, fault.status))
+        err = ApiError(fault.status, fault.reason, f"injected fault for {request.method.value} {path}")
+        return aiohttp.web.json_response(err.status(), status=fault.status)
 
     def _dispatch(self, request: rendering.Request, kind: Kind) -> tuple[dict[str, Any], int]:
         method = request.method.value

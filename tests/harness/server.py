@@ -154,8 +154,8 @@ class RunningEmulator:
     def list(self, plural: str, namespace: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
         return self.call(lambda: self.emulator.list_objects(plural, namespace, group))
 
-    def fail_next(self, method: str, path: str, status: int = 500, times: int = 1) -> None:
-        self.call(lambda: self.emulator.fail_next(method, path, status, times))
+    def fail_next(self, method: str, path: str, status: int = 500, times: int = 1, after_write: bool = False) -> None:
+        self.call(lambda: self.emulator.fail_next(method, path, status, times, after_write=after_write))
 
     def drop_watches(self) -> int:
         return self.call(lambda: self.emulator.drop_watches())

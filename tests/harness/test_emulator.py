@@ -156,6 +156,18 @@ def test_fault_injection_and_dropped_watch(k8s_emulator, kube_http, namespace):
     assert {e["object"]["metadata"]["name"] for e in events} >= {"flaky"}
 
 
+def test_fault_after_write_keeps_the_change(k8s_emulator, kube_http, namespace):
+    """A lost answer: the client hears 500, the object exists, a retried create meets 409."""
+    k8s_emulator.fail_next("POST", rf"/namespaces/{namespace}/configmaps$", 500, after_write=True)
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        kube_http.create("configmaps", namespace, {"metadata": {"name": "lost-answer"}})
+    assert err.value.response.status_code == 500
+    assert kube_http.get("configmaps", namespace, "lost-answer") is not None
+    with pytest.raises(httpx.HTTPStatusError) as err:
+        kube_http.create("configmaps", namespace, {"metadata": {"name": "lost-answer"}})
+    assert err.value.response.status_code == 409
+
+
 def test_table_output_uses_printer_columns(k8s_emulator, kube_http, namespace):
     kube_http.create("finetunejobs", namespace, _ftj("tbl", namespace))
     kube_http.patch_status("finetunejobs", namespace, "tbl", {"phase": "Training", "progress": {"step": 7, "loss": 0.5}})

@@ -160,7 +160,15 @@ def test_suggest_sets_a_condition_and_an_event_but_creates_nothing(
     k8s_emulator, kube_http, kube_client, namespace, cluster_files
 ):
     kube_http.create("modeldeployments", namespace, modeldeployment(namespace=namespace, mode="Suggest"))
-    with OperatorRunner(k8s_emulator.kubeconfig):
+    with OperatorRunner(k8s_emulator.kubeconfig, extra_labels={"team": "ml-platform"}):
+        cron = wait_for(lambda: kube_http.get("cronjobs", namespace, "support-bot-monitor"), 60, message="monitor CronJob")
+        deployment = wait_for(lambda: kube_http.get("deployments", namespace, "support-bot-vllm"), 60, message="Deployment")
+        # KUBETUNE_EXTRA_LABELS: on the serving and monitoring children and their pods, ours kept.
+        for meta in (cron["metadata"], cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"],
+                     deployment["metadata"], deployment["spec"]["template"]["metadata"],
+                     kube_http.get("roles", namespace, "support-bot-monitor")["metadata"]):
+            assert meta["labels"]["team"] == "ml-platform"
+            assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
         run_monitor(kube_client, namespace, cluster_files, T0)
         run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15))
         st = status(kube_http, namespace)

@@ -20,6 +20,15 @@ pytestmark = pytest.mark.usefixtures("operator_running")
 WORKER_LABELS = {"kubetune.io/finetunejob": "job", "ray.io/node-type": "worker"}
 
 
+def _event_reasons(kube_http, namespace, name="job"):
+    return [e.get("reason") for e in kube_http.list("events", namespace)
+            if (e.get("involvedObject") or {}).get("name") == name]
+
+
+def _worker_pod_spec(kube_http, namespace, name="job-train"):
+    return kube_http.get("rayjobs", namespace, name)["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+
+
 def _create(kube_http, namespace, name="job", **kwargs):
     kube_http.create("finetunejobs", namespace, ftj_manifest(name, namespace, **kwargs))
     return wait_for(lambda: kube_http.get("rayjobs", namespace, f"{name}-train"), 15, message="RayJob created")
@@ -104,12 +113,32 @@ def test_suspend_and_resume_keep_the_rayjob_and_config(kube_http, kuberay, names
     kuberay.suspended("job-train")
     status = wait_phase(kube_http, namespace, "job", "Suspended")
     assert find_condition(status["conditions"], "Suspended")["status"] == "True"
+    wait_for(lambda: "Suspended" in _event_reasons(kube_http, namespace), 10, message="Suspended event")
+    # Placement may change while suspended (as Kueue does): it reaches the pods of the resumed job.
+    placement = {"nodeSelector": {"pool": "spot-a100"},
+                 "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]}
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"resources": placement}})
+    wait_for(lambda: _worker_pod_spec(kube_http, namespace).get("nodeSelector") == placement["nodeSelector"], 10,
+             message="new nodeSelector on the suspended RayJob's workers")
+    assert _worker_pod_spec(kube_http, namespace)["tolerations"] == placement["tolerations"]
     kube_http.patch("finetunejobs", namespace, "job", {"spec": {"suspend": False}})
     wait_for(lambda: kube_http.get("rayjobs", namespace, "job-train")["spec"]["suspend"] is False, 10, message="RayJob resumed")
     kuberay.running("job-train")
     wait_phase(kube_http, namespace, "job", "Training")
     assert kube_http.get("rayjobs", namespace, "job-train")["metadata"]["uid"] == rayjob["metadata"]["uid"]
-    assert kube_http.get("configmaps", namespace, "job-config")["data"] == config_before["data"]
+    config_after = yaml.safe_load(kube_http.get("configmaps", namespace, "job-config")["data"]["finetunejob.yaml"])
+    config_before = yaml.safe_load(config_before["data"]["finetunejob.yaml"])
+    assert config_after["spec"].pop("resources")["nodeSelector"] == placement["nodeSelector"]
+    config_before["spec"].pop("resources")
+    assert config_after == config_before  # the rest of the accepted spec is what training resumes with
+    assert _worker_pod_spec(kube_http, namespace)["nodeSelector"] == placement["nodeSelector"]
+    assert find_condition(status_of(kube_http, namespace, "job").get("conditions"), "UpdateRejected") is None
+
+    # Once running again, placement is fixed: a change is reported and not applied.
+    kube_http.patch("finetunejobs", namespace, "job", {"spec": {"resources": {"nodeSelector": {"pool": "other"}}}})
+    cond = wait_condition(kube_http, namespace, "job", "UpdateRejected", "True", "ImmutableFieldChanged")
+    assert "nodeSelector" in cond["message"]
+    assert _worker_pod_spec(kube_http, namespace)["nodeSelector"] == placement["nodeSelector"]
 
 
 def test_retries_then_backoff_limit(kube_http, kuberay, namespace):
@@ -124,6 +153,9 @@ def test_retries_then_backoff_limit(kube_http, kuberay, namespace):
     kuberay.failed("job-train", message="exit code 1", failed=2)
     status = wait_phase(kube_http, namespace, "job", "Failed")
     assert status["failure"]["reason"] == "BackoffLimitExceeded"
+    event = wait_for(lambda: next((e for e in kube_http.list("events", namespace)
+                                   if e.get("reason") == "BackoffLimitExceeded"), None), 10, message="failure Event")
+    assert event["type"] == "Warning" and event["involvedObject"]["name"] == "job"
 
 
 def test_deadline_is_passed_through_and_reported(kube_http, kuberay, namespace):
@@ -163,6 +195,14 @@ def test_bad_spec_gets_every_error_and_no_children(kube_http, namespace):
     assert status["phase"] == "Failed" and status["failure"]["reason"] == "InvalidSpec"
     assert kube_http.get("rayjobs", namespace, "bad-train") is None
     assert kube_http.get("configmaps", namespace, "bad-config") is None
+    # Cross-field rules judge a spec whose fields are valid: fixed fields bring the qlora rule up.
+    kube_http.patch("finetunejobs", namespace, "bad", {"spec": {
+        "datasets": [{**spec["datasets"][0], "format": "chat"}], "hyperparameters": {"learningRate": 0.0002}}})
+    cond = wait_for(lambda: (c := find_condition(status_of(kube_http, namespace, "bad").get("conditions"), "Accepted"))
+                    and "quantization" in c["message"] and c, 10, message="the qlora rule reported")
+    assert cond["status"] == "False" and "spec.baseModel.quantization" in cond["message"]
+    assert "format" not in cond["message"]
+    assert kube_http.get("rayjobs", namespace, "bad-train") is None
 
 
 def test_delete_removes_children_through_owner_references(kube_http, namespace):
@@ -185,6 +225,24 @@ def test_injected_500_and_409_are_retried_without_duplicates(k8s_emulator, kube_
     assert any(m == "POST" and p.endswith(f"{namespace}/rayjobs") and s == 500 for m, p, s in log)
     assert any(m == "PATCH" and p.endswith("flaky/status") and s == 409 for m, p, s in log)
     assert len(kube_http.list("rayjobs", namespace)) == 1
+
+
+def test_a_create_whose_answer_was_lost_is_not_duplicated(k8s_emulator, kube_http, namespace):
+    """The API server stored the RayJob but answered 500: the retry meets 409 and adopts it."""
+    from prometheus_client import REGISTRY
+
+    def errors() -> float:
+        return REGISTRY.get_sample_value("kubetune_reconcile_errors_total", {"kind": "FineTuneJob"}) or 0.0
+
+    before = errors()
+    k8s_emulator.fail_next("POST", rf"/namespaces/{namespace}/rayjobs$", 500, after_write=True)
+    kube_http.create("finetunejobs", namespace, ftj_manifest("lost", namespace))
+    status = wait_phase(kube_http, namespace, "lost", "Pending", timeout=20)
+    assert find_condition(status["conditions"], "Accepted")["status"] == "True"
+    posts = [s for m, p, s in k8s_emulator.requests() if m == "POST" and p.endswith(f"{namespace}/rayjobs")]
+    assert posts[:2] == [500, 409]
+    assert len(kube_http.list("rayjobs", namespace)) == 1
+    assert errors() >= before + 1  # the failed attempt is counted (kubetune_reconcile_errors_total)
 
 
 def test_dropped_watches_are_resumed(k8s_emulator, kube_http, kuberay, namespace):
@@ -250,6 +308,7 @@ def test_kueue_owns_suspend_of_a_queued_rayjob(kube_http, kuberay, namespace):
     assert rayjob["spec"]["suspend"] is True
     kuberay.suspended("job-train")
     wait_phase(kube_http, namespace, "job", "Queued")
+    wait_for(lambda: "Queued" in _event_reasons(kube_http, namespace), 10, message="Queued event")
 
     def edit_deadline(seconds: int) -> dict:
         """A mutable edit; returns the RayJob's spec once the operator has re-applied it."""

@@ -61,3 +61,21 @@ def test_without_kuberay_rayjob_is_not_accepted_and_job_engine_runs(tmp_path):
         wait_for(lambda: http.get("rayjobs", "ml", "ray-train"), 20, message="RayJob once KubeRay is installed")
         wait_condition(http, "ml", "ray", "Accepted", "True", "Valid")
         http.close()
+
+
+def test_operator_wide_labels_reach_every_child_and_its_pods(k8s_emulator, kube_http, namespace):
+    """KUBETUNE_EXTRA_LABELS (the chart's operator.childLabels), e.g. for cost reports."""
+    with OperatorRunner(k8s_emulator.kubeconfig, extra_labels={"team": "ml-platform", "example.com/cost-centre": "4711"}):
+        kube_http.create("finetunejobs", namespace, ftj_manifest("labelled", namespace))
+        rayjob = wait_for(lambda: kube_http.get("rayjobs", namespace, "labelled-train"), 15, message="RayJob")
+        children = [rayjob] + [
+            wait_for(lambda plural=plural, name=name: kube_http.get(plural, namespace, name), 10, message=plural)
+            for plural, name in [("configmaps", "labelled-config"), ("serviceaccounts", "labelled-trainer"),
+                                 ("roles", "labelled-status-writer"), ("rolebindings", "labelled-status-writer")]
+        ]
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pod_templates = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for meta in [c["metadata"] for c in children] + [t["metadata"] for t in pod_templates]:
+        assert meta["labels"]["team"] == "ml-platform" and meta["labels"]["example.com/cost-centre"] == "4711"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "kubetune"
+    assert pod_templates[-1]["metadata"]["labels"]["kubetune.io/finetunejob"] == "labelled"  # selectors untouched

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kubetune.api import FineTuneJob
-from kubetune.operator.render_common import child_name
+from kubetune.operator.render_common import add_labels, child_name
 from kubetune.operator.render_rbac import render_rbac
 from kubetune.operator.render_training import (
     CONFIG_PATH,
@@ -153,6 +153,22 @@ def test_every_child_is_owned_and_labelled():
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator"
         assert meta["labels"]["kubetune.io/finetunejob"] == "support-lora"
         assert meta["namespace"] == "ml" and len(meta["name"]) <= 63
+
+
+def test_extra_labels_reach_every_child_and_pod_template_without_overriding_ours():
+    extra = {"team": "ml", "kubetune.io/finetunejob": "not-this"}  # settings refuse the second; keep ours anyway
+    children = [add_labels(obj, extra) for obj in _render_all(body(spec=full_spec()))]
+    rayjob = children[-1]
+    templates = [rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"],
+                 *(g["template"] for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]),
+                 rayjob["spec"]["submitterPodTemplate"]]
+    for meta in [c["metadata"] for c in children] + [t["metadata"] for t in templates]:
+        assert meta["labels"]["team"] == "ml"
+        assert meta["labels"]["kubetune.io/finetunejob"] == "support-lora"
+    job = add_labels(_render_all(CASES["job-engine"]())[-1], extra)
+    assert job["kind"] == "Job" and job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/finetunejob"] == "single"
+    assert add_labels(_render_all(body())[0], {}) == _render_all(body())[0]  # no settings: nothing changes
 
 
 def test_user_strings_never_reach_the_entrypoint():

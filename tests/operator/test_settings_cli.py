@@ -20,11 +20,12 @@ def test_values_from_environment():
         "KUBETUNE_TRAINER_IMAGE": "registry.example/trainer:1",
         "KUBETUNE_ENABLE_KEDA": "true",
         "KUBETUNE_RESYNC_SECONDS": "2.5",
-        "KUBETUNE_EXTRA_LABELS": "team=ml,cost=gpu",
+        "KUBETUNE_EXTRA_LABELS": "team=ml,cost=gpu, example.com/owner=a.b_c-1,empty=",
     })
     assert settings.namespaces == ("ml", "research") and not settings.clusterwide
     assert settings.trainer_image == "registry.example/trainer:1" and settings.enable_keda is True
-    assert settings.resync_seconds == 2.5 and settings.extra_labels == {"team": "ml", "cost": "gpu"}
+    assert settings.resync_seconds == 2.5 and settings.extra_labels == {
+        "team": "ml", "cost": "gpu", "example.com/owner": "a.b_c-1", "empty": ""}
 
 
 @pytest.mark.parametrize(("env", "name"), [
@@ -32,6 +33,10 @@ def test_values_from_environment():
     ({"KUBETUNE_METRICS_PORT": "http"}, "KUBETUNE_METRICS_PORT"),
     ({"KUBETUNE_RESYNC_SECONDS": "0"}, "KUBETUNE_RESYNC_SECONDS"),
     ({"KUBETUNE_EXTRA_LABELS": "novalue"}, "KUBETUNE_EXTRA_LABELS"),
+    ({"KUBETUNE_EXTRA_LABELS": "team=ml platform"}, "KUBETUNE_EXTRA_LABELS"),  # not a label value
+    ({"KUBETUNE_EXTRA_LABELS": "Example.COM/team=ml"}, "KUBETUNE_EXTRA_LABELS"),  # prefix must be a DNS name
+    ({"KUBETUNE_EXTRA_LABELS": "team=" + "x" * 64}, "KUBETUNE_EXTRA_LABELS"),
+    ({"KUBETUNE_EXTRA_LABELS": "kubetune.io/finetunejob=other"}, "KUBETUNE_EXTRA_LABELS"),  # would break selectors
 ])
 def test_bad_values_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
