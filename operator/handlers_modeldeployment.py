@@ -425,7 +425,7 @@ async def reconcile(
         _record_phase(namespace, name, "Failed")
         return
 
-    engine_key = await _engine_key(api, md)
+    engine_key = await _engine_key(api, md, settings.extra_labels)
     skipped = await _apply_children(api, children, namespace, name)
     deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
     health = ss.deployment_health(deployment)
@@ -549,7 +549,7 @@ async def _apply_children(api: KubeApi, children: list[dict[str, Any]], namespac
     return skipped
 
 
-async def _engine_key(api: KubeApi, md: Any) -> str:
+async def _engine_key(api: KubeApi, md: Any, extra_labels: Mapping[str, str]) -> str:
     """The engine's API key: generated once into a Secret owned by the ModelDeployment."""
     res = RESOURCES["Secret"]
     namespace, name = md.metadata["namespace"], rs.names(md.metadata["name"])["engine_key"]
@@ -557,7 +557,7 @@ async def _engine_key(api: KubeApi, md: Any) -> str:
     if existing is None:
         try:
             existing = await api.call(
-                "POST", res.path(namespace), body=rs.render_engine_key(md, secrets.token_urlsafe(32)))
+                "POST", res.path(namespace), body=add_labels(rs.render_engine_key(md, secrets.token_urlsafe(32)), extra_labels))
         except KubeError as exc:
             if exc.status != 409:
                 raise

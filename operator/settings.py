@@ -63,10 +63,13 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-RESERVED_LABEL_PREFIXES = ("kubetune.io/", "app.kubernetes.io/", "ray.io/", "kueue.x-k8s.io/")
-"""Label domains the operator writes itself (selectors, Kueue admission): not for extra labels."""
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_LABEL_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+RESERVED_LABEL_PREFIXES = ("kubetune.io/", "app.kubernetes.io/", "ray.io/", "kueue.x-k8s.io/", "batch.kubernetes.io/")
+"""Label domains kubetune, KubeRay, Kueue and the Job controller write themselves (selectors,
+admission): not for extra labels."""
+RESERVED_LABEL_KEYS = ("controller-uid", "job-name")
+"""The Job controller's legacy selector labels on pod templates."""
 
 
 def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
@@ -75,15 +78,16 @@ def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
     for pair in _list(env, name):
         key, sep, value = (part.strip() for part in pair.partition("="))
         prefix, slash, short = key.rpartition("/")
-        if not sep or not short or not _LABEL_NAME.match(short) or (slash and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))):
+        if not sep or not short or not _LABEL_NAME.fullmatch(short) or (
+                slash and (len(prefix) > 253 or not _LABEL_PREFIX.fullmatch(prefix))):
             raise SettingsError(f"{name}: {pair!r} is not key=value with a valid label key "
                                 "([prefix/]name, name at most 63 letters, digits, '-', '_', '.')")
-        if not _LABEL_NAME.match(value):
+        if not _LABEL_NAME.fullmatch(value):
             raise SettingsError(f"{name}: the value of {key!r} is not a valid label value "
                                 "(at most 63 letters, digits, '-', '_', '.', starting and ending alphanumeric)")
-        if key.startswith(RESERVED_LABEL_PREFIXES):
-            raise SettingsError(f"{name}: {key!r} is in a label domain the operator sets itself "
-                                f"({', '.join(RESERVED_LABEL_PREFIXES)})")
+        if key.startswith(RESERVED_LABEL_PREFIXES) or key in RESERVED_LABEL_KEYS:
+            raise SettingsError(f"{name}: {key!r} is a label Kubernetes controllers or kubetune set themselves "
+                                f"(domains {', '.join(RESERVED_LABEL_PREFIXES)}; keys {', '.join(RESERVED_LABEL_KEYS)})")
         labels[key] = value
     return labels
 

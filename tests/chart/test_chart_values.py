@@ -60,6 +60,11 @@ def test_schema_is_strict_and_accepts_the_defaults_and_ci_values():
         ({"integrations": {"keda": {"enabled": "yes"}}}, "/integrations/keda/enabled"),
         ({"integrations": {"istio": {"enabled": True}}}, "istio"),
         ({"operatr": {}}, "operatr"),
+        ({"operator": {"childLabels": {"team": "ml platform"}}}, "/operator/childLabels"),
+        # helm names a bad key, not its path
+        ({"operator": {"childLabels": {"cost centre": "4711"}}}, "invalid propertyName 'cost centre'"),
+        ({"operator": {"childLabels": {"kubetune.io/finetunejob": "x"}}}, "invalid propertyName 'kubetune.io/finetunejob'"),
+        ({"operator": {"childLabels": {"job-name": "x"}}}, "invalid propertyName 'job-name'"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_field(values, complaint):

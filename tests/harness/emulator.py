@@ -34,7 +34,6 @@ import collections
 import copy
 import datetime as dt
 import functools
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -410,7 +409,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         data = None
         if body and method in (enums.method.PUT,):  # creates and patches parse the body themselves
             try:
-                data = json.loads(body)
+                data = orjson.loads(body)
             except ValueError:
                 pass
         query = dict(raw_request.query)
@@ -443,12 +442,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         path = request.url.path
-        fault = next((f for f in self._faults if f.remaining > 0 and f.method == request.method.value
-                      and f.pattern.search(path)), None)
+        fault = self._take_fault(request.method.value, path, after_write=False)
         if fault is not None:
-            fault.remaining -= 1
-            if not fault.after_write:
-                return self._fault_response(request, path, fault)
+            return self._fault_response(request, path, fault)
         resource = request.resource
         if resource is None or resource.plural is None or (resource.group, resource.version, resource.plural) not in self._kinds:
             if resource is not None and resource.plural is not None:
@@ -465,12 +461,21 @@ class KubeEmulator(kmock.KubernetesEmulator):
         except ApiError as err:
             self.request_log.append((request.method.value, path, err.code))
             return _json_response(err.status(), status=err.code)
-        if fault is not None:  # after_write: the change is stored, the client hears an error
+        fault = self._take_fault(request.method.value, path, after_write=True)
+        if fault is not None:  # the change is stored, the client hears an error
             return self._fault_response(request, path, fault)
         self.request_log.append((request.method.value, path, status))
         if _wants_table(request) and request.method.value == "GET":
             payload = self._as_table(kind, payload)
         return _json_response(payload, status=status)
+
+    def _take_fault(self, method: str, path: str, *, after_write: bool) -> _Fault | None:
+        """The next pending fault of this kind for the request, counted as used."""
+        for fault in self._faults:
+            if fault.remaining > 0 and fault.after_write == after_write and fault.method == method and fault.pattern.search(path):
+                fault.remaining -= 1
+                return fault
+        return None
 
     def _fault_response(self, request: rendering.Request, path: str, fault: _Fault) -> aiohttp.web.StreamResponse:
         self.request_log.append((request.method.value, path, fault.status))
