@@ -29,6 +29,11 @@ PLURAL = "finetunejobs"
 
 MethodType = Literal["full", "freeze", "lora", "qlora", "dora", "hft"]
 ADAPTER_METHODS = ("lora", "qlora", "dora")
+MAX_LORA_RANK_ANNOTATION = "kubetune.io/max-lora-rank"
+"""On the manifest the trainer reads: the largest adapter rank the serving engine accepts. The
+operator sets it from the ModelDeployment a job promotes into (spec.deployTo ->
+spec.engine.maxLoraRank); on `kubetune train --local`, set it yourself for your vLLM's
+--max-lora-rank. The trainer refuses a larger rank before training starts."""
 DatasetFormat = Literal["alpaca", "chat", "preference", "text"]
 ObjectiveType = Literal["sft", "dpo", "orpo"]
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")

@@ -19,7 +19,8 @@ import kopf
 import yaml
 
 from kubetune.api import API_VERSION, FineTuneJob, FineTuneJobSpec, check_object, immutable_changes
-from kubetune.api.finetunejob import MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
+from kubetune.api.finetunejob import ADAPTER_METHODS, MUTABLE_SPEC_FIELDS, PLACEMENT_FIELDS
+from kubetune.api.modeldeployment import Engine as ModelDeploymentEngine
 
 from . import events, metrics
 from .child_watch import start_child_watches, stop_child_watches
@@ -176,6 +177,19 @@ async def _accepted_spec(api: KubeApi, body: Mapping[str, Any]) -> dict[str, Any
     return yaml.load(cm["data"][CONFIG_FILE], Loader=_LOADER)["spec"]  # JSON (YAML from older operators)
 
 
+async def _deployment_max_lora_rank(api: KubeApi, namespace: str, spec: FineTuneJobSpec) -> int | None:
+    """The max LoRA rank of the engine the job promotes into (spec.deployTo), for the trainer
+    to refuse a larger adapter before training; None without deployTo or while the
+    ModelDeployment does not exist yet (the engine then reports the adapter it cannot load)."""
+    if spec.deploy_to is None or spec.method.type not in ADAPTER_METHODS:
+        return None
+    deployment = await api.get(KINDS["ModelDeployment"], namespace, spec.deploy_to.name)
+    if deployment is None:
+        return None
+    engine = (deployment.get("spec") or {}).get("engine") or {}
+    return int(engine.get("maxLoraRank", ModelDeploymentEngine().max_lora_rank))
+
+
 async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     """Converge one FineTuneJob: validate, render, apply children, then sync status."""
     meta = body["metadata"]
@@ -226,7 +240,9 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     workload_apply = asyncio.ensure_future(api.apply(add_labels(render_workload(owner, job, memo.settings), extra_labels),
                                                      priority=0, create_only=workload_create_only(owner, spec)))
     await asyncio.sleep(0)  # let it reach the API queue before rendering the rest
-    others = [add_labels(child, extra_labels) for child in (render_config_map(owner, job), *render_rbac(owner))]
+    max_lora_rank = await _deployment_max_lora_rank(api, meta["namespace"], spec)
+    others = [add_labels(child, extra_labels)
+              for child in (render_config_map(owner, job, max_lora_rank=max_lora_rank), *render_rbac(owner))]
     results = await asyncio.gather(
         workload_apply,
         *(api.apply(child, priority=1) for child in others),

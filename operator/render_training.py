@@ -15,6 +15,7 @@ from typing import Any
 
 
 from kubetune.api import FineTuneJob
+from kubetune.api.finetunejob import MAX_LORA_RANK_ANNOTATION
 from kubetune.api.uris import parse_uri
 
 from .render_common import (
@@ -72,18 +73,22 @@ def training_labels(body: Mapping[str, Any], component: str) -> dict[str, str]:
     )
 
 
-def training_manifest(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, Any]:
-    """The FineTuneJob as the trainer reads it: a manifest with every default filled in."""
+def training_manifest(body: Mapping[str, Any], job: FineTuneJob, *, max_lora_rank: int | None = None) -> dict[str, Any]:
+    """The FineTuneJob as the trainer reads it: a manifest with every default filled in, and
+    the serving engine's max LoRA rank when the job promotes into a ModelDeployment."""
+    metadata: dict[str, Any] = {"name": body["metadata"]["name"], "namespace": body["metadata"]["namespace"]}
+    if max_lora_rank is not None:
+        metadata["annotations"] = {MAX_LORA_RANK_ANNOTATION: str(max_lora_rank)}
     return {
         "apiVersion": job.api_version,
         "kind": job.kind,
-        "metadata": {"name": body["metadata"]["name"], "namespace": body["metadata"]["namespace"]},
+        "metadata": metadata,
         "spec": job.spec.to_wire(),
     }
 
 
-def render_config_map(body: Mapping[str, Any], job: FineTuneJob) -> dict[str, Any]:
-    manifest = training_manifest(body, job)
+def render_config_map(body: Mapping[str, Any], job: FineTuneJob, *, max_lora_rank: int | None = None) -> dict[str, Any]:
+    manifest = training_manifest(body, job, max_lora_rank=max_lora_rank)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.finetunejob import FineTuneJob
+from kubetune.api.finetunejob import ADAPTER_METHODS, MAX_LORA_RANK_ANNOTATION, FineTuneJob
 from kubetune.api.uris import local_path
 
 from . import methods, model_init
@@ -96,9 +96,39 @@ def _check_eval_prompts_file(job: FineTuneJob) -> None:
         )
 
 
+def deployment_max_lora_rank(job: FineTuneJob) -> int | None:
+    """The serving engine's max LoRA rank, from the manifest's annotation (None: unknown)."""
+    value = ((job.metadata or {}).get("annotations") or {}).get(MAX_LORA_RANK_ANNOTATION)
+    if value is None:
+        return None
+    try:
+        rank = int(str(value).strip())
+    except ValueError:
+        rank = 0
+    if rank < 1:
+        raise TrainerConfigError(f"metadata.annotations[{MAX_LORA_RANK_ANNOTATION!r}]: {value!r} is not a positive integer")
+    return rank
+
+
+def check_lora_rank(job: FineTuneJob) -> None:
+    """An adapter the serving engine would refuse fails now, not after training."""
+    limit = deployment_max_lora_rank(job)
+    spec = job.spec
+    if limit is None or spec.method.type not in ADAPTER_METHODS:
+        return
+    rank = methods.lora_settings(spec).rank  # the default when spec.method.lora is unset
+    if rank > limit:
+        target = f"ModelDeployment {spec.deploy_to.name}" if spec.deploy_to else "the serving engine"
+        raise TrainerConfigError(
+            f"spec.method.lora.rank: {rank} is above the max LoRA rank {limit} of {target} "
+            f"(metadata.annotations[{MAX_LORA_RANK_ANNOTATION!r}]): vLLM would refuse the adapter. Lower the "
+            "rank, or raise the deployment's spec.engine.maxLoraRank")
+
+
 def preflight(job: FineTuneJob, *, base_dir: Path | None = None, cuda: bool | None = None):
     """Model folder, method and hardware checks; returns (model_dir, tokenizer). No Ray needed."""
     spec = job.spec
+    check_lora_rank(job)
     model_dir = model_init.resolve_model_dir(spec, base_dir)
     methods.check_method(spec, _read_model_config(model_dir))
     model_init.check_hardware(spec, cuda=cuda)
@@ -306,7 +336,7 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> P
     sink.on_phase("Exporting", str(output_dir))
     status = export.export_artifact(
         model=model, tokenizer=tokenizer, job=job, output_dir=output_dir, evaluation=report,
-        prepared=data, base_model_dir=model_dir, log=log.info,
+        prepared=data, base_model_dir=model_dir, log=log.info, max_lora_rank=deployment_max_lora_rank(job),
     )
     sink.on_result(status)
     return PipelineResult(output_dir=output_dir, status=status, training=result)

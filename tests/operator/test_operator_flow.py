@@ -245,6 +245,24 @@ def test_a_create_whose_answer_was_lost_is_not_duplicated(k8s_emulator, kube_htt
     assert errors() >= before + 1  # the failed attempt is counted (kubetune_reconcile_errors_total)
 
 
+def test_a_job_promoting_into_a_deployment_hands_its_max_lora_rank_to_the_trainer(kube_http, namespace):
+    kube_http.create("modeldeployments", namespace, {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "support", "namespace": namespace},
+        "spec": {"model": {"uri": "pvc://models/base"}, "resources": {"gpus": 0}, "engine": {"maxLoraRank": 8}},
+    })
+    _create(kube_http, namespace, name="promoting", spec={**minimal_spec(), "deployTo": {"name": "support"}})
+    config = wait_for(lambda: kube_http.get("configmaps", namespace, "promoting-config"), 10, message="ConfigMap")
+    manifest = yaml.safe_load(config["data"]["finetunejob.yaml"])
+    assert manifest["metadata"]["annotations"] == {"kubetune.io/max-lora-rank": "8"}
+    from kubetune.api import parse_finetunejob
+    from kubetune.trainer import pipeline
+    from kubetune.trainer.errors import TrainerConfigError
+
+    with pytest.raises(TrainerConfigError, match="rank: 16 is above the max LoRA rank 8 of ModelDeployment support"):
+        pipeline.check_lora_rank(parse_finetunejob(manifest))  # what the pod's `kubetune train --config` does first
+
+
 def test_dropped_watches_are_resumed(k8s_emulator, kube_http, kuberay, namespace):
     """Both kinds of stream: kopf's (FineTuneJobs) and the operator's own (children)."""
     assert k8s_emulator.drop_watches() > 0

@@ -170,6 +170,14 @@ def test_extra_labels_reach_every_child_and_pod_template_without_overriding_ours
     assert job["spec"]["template"]["metadata"]["labels"]["kubetune.io/finetunejob"] == "single"
 
 
+def test_config_map_carries_the_deployments_max_lora_rank_only_when_known():
+    doc = body(spec={**minimal_spec(), "deployTo": {"name": "support"}})
+    job = FineTuneJob.model_validate(doc)
+    manifest = yaml.safe_load(render_config_map(doc, job, max_lora_rank=8)["data"]["finetunejob.yaml"])
+    assert manifest["metadata"]["annotations"] == {"kubetune.io/max-lora-rank": "8"}
+    assert "annotations" not in yaml.safe_load(render_config_map(doc, job)["data"]["finetunejob.yaml"])["metadata"]
+
+
 def test_user_strings_never_reach_the_entrypoint():
     nasty = body(name="x", spec={**minimal_spec(), "output": {"uri": "pvc://models/$(rm -rf /);echo"}})
     rayjob = _render_all(nasty)[-1]

@@ -77,11 +77,12 @@ def test_optimizer_holds_only_trainable_parameters(kind, make_job):
         assert not any("lm_head" in n for n in names)  # all-linear excludes the output head
 
 
-def test_freeze_trains_only_the_chosen_blocks(make_job):
-    job = make_job({"method": {"type": "freeze", "freeze": {"trainableLayers": 1, "position": "first"}}})
+@pytest.mark.parametrize(("position", "block"), [("first", 0), ("last", 1)])  # the tiny model has 2 blocks
+def test_freeze_trains_only_the_chosen_blocks(make_job, position, block):
+    job = make_job({"method": {"type": "freeze", "freeze": {"trainableLayers": 1, "position": position}}})
     model = _model(job)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("model.layers.0.") for n in trainable)
+    assert trainable and all(n.startswith(f"model.layers.{block}.") for n in trainable)
 
 
 def test_hft_selection_is_exactly_half_per_category_and_changes_per_stage():
@@ -121,11 +122,28 @@ def test_hft_stages_split_the_steps():
     assert [stage_of(s, 3, 10) for s in range(3)] == [0, 1, 2]
 
 
-def test_hft_rebuilds_the_optimizer_per_stage_and_logs_selections(make_job, sft_samples, tokenizer, checkpoint_dir):
+def test_hft_rebuilds_the_optimizer_per_stage_and_logs_selections(make_job, sft_samples, tokenizer, checkpoint_dir,
+                                                                   monkeypatch):
+    built = []  # (names the optimizer holds, names that train) at each optimizer the loop builds
+    real_build = loop.build_optimizer
+
+    def recording_build(model, hp):
+        optimizer = real_build(model, hp)
+        held = loop.optimizer_param_ids(optimizer)
+        built.append(({n for n, p in model.named_parameters() if id(p) in held},
+                      {n for n, p in model.named_parameters() if p.requires_grad}))
+        return optimizer
+
+    monkeypatch.setattr(loop, "build_optimizer", recording_build)
     job = make_job({"method": {"type": "hft", "hft": {"stages": 3, "seed": 1}}, "hyperparameters": {"maxSteps": 3, "learningRate": 0.003}})
     result = _train(job, sft_samples, tokenizer, checkpoint_dir)
     assert sorted(result.hft_selections) == [0, 1, 2]
     assert result.hft_selections[0] != result.hft_selections[1]
+    stages = built[-3:]  # one optimizer per stage, over exactly the half that trains in it
+    assert len(built) >= 3
+    for held, trainable in stages:
+        assert held == trainable and held
+    assert stages[0][0] != stages[1][0] != stages[2][0]
 
 
 def test_sft_loss_is_normalised_over_accumulated_micro_batches(make_job, sft_samples, tokenizer, tmp_path):
@@ -166,6 +184,14 @@ def test_lora_default_targets_every_linear_layer_but_the_head(make_job):
     assert linear and adapted == linear
     blocks = len(find_blocks(model))
     assert len(adapted) == blocks * (len(CATEGORIES["attention"]) + len(CATEGORIES["ffn"]))
+
+
+@pytest.mark.parametrize(("rs_lora", "scale"), [(False, 16 / 4), (True, 16 / 4 ** 0.5)])
+def test_rslora_scales_the_update_by_alpha_over_the_square_root_of_the_rank(make_job, rs_lora, scale):
+    job = make_job({"method": {"type": "lora", "lora": {"rank": 4, "alpha": 16, "rsLora": rs_lora}}})
+    model = methods.apply_method(model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec)), job.spec)
+    scalings = [m.scaling["default"] for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "scaling")]
+    assert scalings and scalings == pytest.approx([scale] * len(scalings))
 
 
 def test_dora_trains_the_magnitude_vectors(make_job):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from kubetune.api.finetunejob import MAX_LORA_RANK_ANNOTATION
 from kubetune.trainer import model_init, pipeline
 from kubetune.trainer.errors import TrainerConfigError
 
@@ -54,6 +56,35 @@ def test_freeze_more_layers_than_the_model_has(make_job):
         pipeline.preflight(job)
 
 
+def _promoting(job, rank_limit):
+    """The job as the operator hands it to the trainer when it promotes into a deployment."""
+    return job.model_copy(update={"metadata": {**job.metadata, "annotations": {MAX_LORA_RANK_ANNOTATION: rank_limit}}})
+
+
+def test_an_adapter_above_the_deployments_max_rank_fails_before_training(make_job, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(model_init, "resolve_model_dir", lambda *a, **k: loaded.append(1))  # never reached
+    job = _promoting(make_job({"method": {"type": "lora", "lora": {"rank": 32}}, "deployTo": {"name": "support"}}), "16")
+    with pytest.raises(TrainerConfigError) as err:
+        pipeline.preflight(job)
+    message = str(err.value)
+    assert "spec.method.lora.rank: 32 is above the max LoRA rank 16 of ModelDeployment support" in message
+    assert "spec.engine.maxLoraRank" in message and not loaded
+    # The default rank (16) counts when spec.method.lora is unset.
+    bare = make_job({"method": {"type": "dora"}})
+    assert bare.spec.method.lora is None
+    with pytest.raises(TrainerConfigError, match="rank: 16 is above the max LoRA rank 8"):
+        pipeline.check_lora_rank(_promoting(bare, "8"))
+
+
+def test_a_rank_within_the_limit_or_no_adapter_passes(make_job):
+    pipeline.check_lora_rank(_promoting(make_job({"method": {"type": "lora", "lora": {"rank": 16}}}), "16"))
+    pipeline.check_lora_rank(_promoting(make_job({"method": {"type": "full"}}), "1"))
+    pipeline.check_lora_rank(make_job({"method": {"type": "lora", "lora": {"rank": 64}}}))  # no limit known
+    with pytest.raises(TrainerConfigError, match="max-lora-rank.*'sixteen' is not a positive integer"):
+        pipeline.check_lora_rank(_promoting(make_job(), "sixteen"))
+
+
 def test_dtype_by_device(make_job):
     import torch
 
@@ -72,12 +103,51 @@ def test_bad_data_is_a_config_error_naming_the_file(make_job, tmp_path):
         pipeline.prepare_data(job, tokenizer, base_dir=tmp_path)
 
 
-def test_loaded_model_uses_sdpa_and_no_remote_code(make_job):
+def test_loaded_model_uses_sdpa_in_float32_on_cpu(make_job):
     job = make_job()
     model = model_init.load_model(job.spec, model_init.resolve_model_dir(job.spec))
     assert model.config._attn_implementation == "sdpa"
     assert model.config.use_cache is False
-    assert next(model.parameters()).dtype.is_floating_point
+    assert next(model.parameters()).dtype == torch.float32
+
+
+CUSTOM_CONFIG = """from transformers import LlamaConfig
+
+
+class ShippedConfig(LlamaConfig):
+    model_type = "kubetune_shipped_code"
+"""
+CUSTOM_MODEL = """from transformers import LlamaForCausalLM
+
+from .configuration_shipped import ShippedConfig
+
+
+class ShippedForCausalLM(LlamaForCausalLM):
+    config_class = ShippedConfig
+"""
+
+
+def test_code_shipped_with_a_model_runs_only_when_the_spec_trusts_it(make_job, tiny_model_dir, tmp_path):
+    """A model folder whose config points at its own Python files (auto_map), as on the hub."""
+    import shutil
+
+    folder = tmp_path / "shipped-code-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="kubetune_shipped_code", auto_map={
+        "AutoConfig": "configuration_shipped.ShippedConfig",
+        "AutoModelForCausalLM": "modeling_shipped.ShippedForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_shipped.py").write_text(CUSTOM_CONFIG)
+    (folder / "modeling_shipped.py").write_text(CUSTOM_MODEL)
+
+    untrusted = make_job({"baseModel": {"uri": str(folder)}})
+    assert untrusted.spec.base_model.trust_remote_code is False  # the default
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        model_init.load_model(untrusted.spec, folder)
+    trusted = make_job({"baseModel": {"uri": str(folder), "trustRemoteCode": True}})
+    model = model_init.load_model(trusted.spec, folder)
+    assert type(model).__name__ == "ShippedForCausalLM"
 
 
 def test_missing_evaluation_prompts_file_fails_before_training(make_job, tmp_path):

@@ -54,6 +54,13 @@ def test_adapter_reloads_with_peft_and_gives_the_same_logits(lora_model, tokeniz
     torch.testing.assert_close(got, expected)
     with torch.no_grad(), reloaded.disable_adapter():
         assert not torch.allclose(reloaded(input_ids=ids).logits, expected)  # the adapter matters
+    # ... and generates what the trained model generates (greedy, so the tokens must match).
+    greedy = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        want = lora_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **greedy)
+        generated = reloaded.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **greedy)
+    assert generated.shape[1] > ids.shape[1]
+    assert generated.tolist() == want.tolist()
 
 
 def test_adapter_is_what_vllm_loads(lora_model, tokenizer, tmp_path, tiny_model_dir, prepared):
