@@ -161,6 +161,24 @@ def test_sft_loss_is_normalised_over_accumulated_micro_batches(make_job, sft_sam
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-3, atol=5e-5)  # Adam amplifies float noise on ~0 grads
 
 
+def test_gradient_clipping_bounds_the_update(make_job, sft_samples, tokenizer, tmp_path):
+    """AdamW divides by the gradient's own scale, so clipping shows where gradients fall below
+    its eps: clipped to a norm of 1e-12, one step barely moves the weights; unclipped it does."""
+    from safetensors.torch import load_file
+
+    common = {"method": {"type": "full"}, "preprocessing": {"packing": False}}
+    deltas = {}
+    for norm in (0.0, 1e-12):
+        job = make_job({**common, "hyperparameters": {"maxSteps": 1, "learningRate": 0.01, "maxGradNorm": norm}})
+        result = _train(job, sft_samples, tokenizer, tmp_path / str(norm))
+        trained = torch.load(f"{result.checkpoint}/trainable.pt", weights_only=True)
+        base = load_file(f"{job.spec.base_model.uri}/model.safetensors")
+        deltas[norm] = max(float((trained[name].float() - base[name].float()).abs().max())
+                           for name in trained if name in base)
+    assert deltas[0.0] > 1e-3  # about the learning rate: Adam's first step is lr * sign(g)
+    assert deltas[1e-12] < deltas[0.0] / 100
+
+
 def test_gradient_checkpointing_gives_the_same_losses(make_job, sft_samples, tokenizer, tmp_path):
     """Recomputing activations must not change the maths (LoRA on a frozen base, dropout off)."""
     spec = {"method": {"type": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}},

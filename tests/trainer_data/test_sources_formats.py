@@ -154,6 +154,49 @@ def test_s3_without_s3fs_says_what_to_install(tokenizer):
         run(tokenizer, "s3://bucket/d.jsonl", "alpaca")
 
 
+@pytest.fixture
+def fake_s3(monkeypatch):
+    """An in-memory filesystem registered for s3:// in fsspec. A mock: no S3 (nor s3fs, nor a
+    network) is reachable here; the reading, parsing and error paths are ours and real."""
+    import importlib.util
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FakeS3(MemoryFileSystem):
+        protocol = ("s3",)
+        store: dict = {}  # its own store, not the process-wide memory:// one
+        pseudo_dirs = [""]
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "s3fs" else real_find_spec(name, *a))
+    fsspec.register_implementation("s3", FakeS3, clobber=True)
+    fs = FakeS3()
+    yield fs
+    FakeS3.store.clear()
+    FakeS3.clear_instance_cache()
+    from fsspec.registry import _registry
+
+    _registry.pop("s3", None)  # unregister: later code gets s3fs (or its error) again
+
+
+def test_s3_sources_are_read_through_fsspec(fake_s3, tokenizer):
+    rows = [{"instruction": f"q{i}", "output": f"answer {i}"} for i in range(3)]
+    with fake_s3.open("s3://bucket/train/d.jsonl", "wb") as fh:
+        fh.write(b"".join(json.dumps(r).encode() + b"\n" for r in rows) + b"this is not json\n")
+    with pytest.raises(DataError, match=r"s3://bucket/train/d\.jsonl:4"):  # bad lines name the S3 object and line
+        run(tokenizer, "s3://bucket/train/d.jsonl", "alpaca")
+    with fake_s3.open("s3://bucket/train/d.jsonl", "wb") as fh:
+        fh.write(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    prepared = run(tokenizer, "s3://bucket/train/d.jsonl", "alpaca")
+    assert sorted(trained_text(tokenizer, s) for s in prepared.train + prepared.validation) == [
+        "answer 0<|im_end|>", "answer 1<|im_end|>", "answer 2<|im_end|>"]
+    with pytest.raises(DataError, match=r"cannot read s3://bucket/missing\.jsonl"):
+        run(tokenizer, "s3://bucket/missing.jsonl", "alpaca")
+    with pytest.raises(DataError, match=r"only single .* files are read from S3"):
+        run(tokenizer, "s3://bucket/train/", "alpaca")
+
+
 def test_missing_file_and_unsupported_type(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"datasets\[d\]\.uri: .*not found"):
         run(tokenizer, tmp_path / "nope.jsonl", "alpaca")
