@@ -95,6 +95,8 @@ def test_hft_selection_is_exactly_half_per_category_and_changes_per_stage():
             assert set(block.frozen["ffn"]) | set(block.trainable["ffn"]) == set(CATEGORIES["ffn"])
         ffn_frozen = sum(len(b.frozen["ffn"]) for b in selection)
         assert ffn_frozen * 2 == blocks * len(CATEGORIES["ffn"])  # half of the FFN overall
+        per_block = [len(b.frozen["ffn"]) for b in selection]
+        assert per_block in ([2, 1] * (blocks // 2), [1, 2] * (blocks // 2))  # 2 of 3 and 1 of 3, alternating
     assert len({tuple(tuple(sorted(b.frozen.items())) for b in s) for s in per_stage}) > 1
     assert select_halves(blocks, seed=11, stage=1) == per_stage[1]  # seeded: reproducible
     assert select_halves(blocks, seed=12, stage=1) != per_stage[1]

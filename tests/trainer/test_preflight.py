@@ -85,6 +85,19 @@ def test_a_rank_within_the_limit_or_no_adapter_passes(make_job):
         pipeline.check_lora_rank(_promoting(make_job(), "sixteen"))
 
 
+def test_quantized_loading_settings_reach_bitsandbytes(make_job):
+    """What QLoRA hands transformers (loading itself needs a CUDA GPU: tests/trainer_gpu)."""
+    import torch
+
+    eight = model_init.quantization_config(make_job({"method": {"type": "lora"}, "baseModel": {"quantization": {"bits": 8}}}).spec)
+    assert eight.load_in_8bit and not eight.load_in_4bit
+    four = model_init.quantization_config(make_job({"method": {"type": "qlora"}, "baseModel": {"quantization": {
+        "bits": 4, "quantType": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"}}}).spec)
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_use_double_quant
+    assert four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert model_init.quantization_config(make_job().spec) is None
+
+
 def test_dtype_by_device(make_job):
     import torch
 
