@@ -8,8 +8,10 @@ size, optimizer steps, learning rate and threads, each in its own subprocess so 
 honest:
 
 - ours:  `kubetune.trainer.loop.train_loop` (world size 1), packing without cross-attention,
-         LM head and cross-entropy only where a label counts; `--ours-batch-size` sets its
-         packed rows per step (match the plain run's tokens per step to compare memory)
+         LM head and cross-entropy only where a label counts, forwards of at most 1024 tokens
+         on CPU (`--ours-forward-tokens 0`: the whole micro-batch in one forward);
+         `--ours-batch-size` sets its packed rows per step (match the plain run's tokens per
+         step to compare memory)
 - plain: transformers `Trainer` + peft, dynamic padding, no packing
 - trl:   TRL `SFTTrainer` with `packing=True` (best-fit decreasing, padding-free)
 
@@ -189,7 +191,8 @@ def run_ours(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
             pass
 
     loop.train_loop(loop.LoopConfig(spec=spec, model_dir=str(model_dir), train=samples,
-                                    checkpoint_dir=str(work / "ckpt"), pad_id=tokenizer.pad_token_id, sink=Sink()))
+                                    checkpoint_dir=str(work / "ckpt"), pad_id=tokenizer.pad_token_id, sink=Sink(),
+                                    forward_tokens=loop.forward_tokens_from_env(os.environ)))
     return clock.result()
 
 
@@ -311,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-batch-size", type=int,
                         help="packed rows per step for ours (default --batch-size); pick it so that ours' tokens "
                              "per step match the plain run's when comparing memory")
+    parser.add_argument("--ours-forward-tokens", default="auto",
+                        help="most tokens in one of ours' forwards (KUBETUNE_FORWARD_TOKENS: auto = 1024 on CPU, "
+                             "0 = the whole micro-batch at once)")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS))
     parser.add_argument("--baseline-allocator", choices=("system", "tcmalloc"), default="system",
                         help="malloc of the plain and trl runs (ours uses what `kubetune train --local` gives its "
@@ -336,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             for row in make_rows(args.rows, seed=7):
                 f.write(json.dumps(row) + "\n")
         print(f"model: {model_name} ({model_dir}); {args.steps} steps of batch {args.batch_size}, "
-              f"maxSeqLength {args.max_seq_length}, {args.threads} threads, LoRA r16 all-linear", flush=True)
+              f"maxSeqLength {args.max_seq_length}, {args.threads} threads, LoRA r16 all-linear; ours' forwards hold "
+              f"at most {args.ours_forward_tokens} tokens (KUBETUNE_FORWARD_TOKENS)", flush=True)
         results = {}
         for name in args.only:
             out = work / f"{name}.json"
@@ -347,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += ["--ours-batch-size", str(args.ours_batch_size)]
             if args.gradient_checkpointing:
                 cmd += ["--gradient-checkpointing"]
-            env = {**os.environ, **child_allocator_env(name, args.baseline_allocator)}
+            env = {**os.environ, **child_allocator_env(name, args.baseline_allocator),
+                   "KUBETUNE_FORWARD_TOKENS": args.ours_forward_tokens}
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
             if proc.returncode != 0:

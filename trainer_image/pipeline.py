@@ -22,7 +22,7 @@ from kubetune.api.uris import local_path
 from . import methods, model_init
 from .allocator import worker_allocator_env
 from .errors import TrainerConfigError
-from .loop import LoopConfig, LoopResult, gpu_options_from_env, train_loop
+from .loop import LoopConfig, LoopResult, forward_tokens_from_env, gpu_options_from_env, train_loop
 from .progress import FanOutSink
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ def train(
     cfg = LoopConfig(
         spec=spec, model_dir=str(model_dir), train=train_samples, checkpoint_dir=str(checkpoint_dir),
         pad_id=pad_id, sink=sink, fail_after_step=fail_after_step, **gpu_options_from_env(os.environ),
+        forward_tokens=forward_tokens_from_env(os.environ),
     )
     workers = spec.resources.workers
     if not use_ray:

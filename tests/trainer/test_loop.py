@@ -114,3 +114,80 @@ def test_a_checkpoint_from_another_method_is_refused(make_job, sft_samples, toke
     full = make_job({"method": {"type": "full"}, "hyperparameters": {"maxSteps": 2}})
     with pytest.raises(TrainerConfigError, match="does not match spec.method"):
         _train(full, sft_samples, tokenizer, checkpoint_dir)
+
+
+# ---------------------------------------------------------------- forward token budget
+
+
+class _Row:
+    def __init__(self, n):
+        self.input_ids = [0] * n
+
+
+def test_forward_chunks_keep_order_and_stay_within_the_budget():
+    rows = [_Row(n) for n in (300, 200, 500, 100, 1200, 50)]
+    chunks = loop.forward_chunks(rows, 1024)
+    assert [[len(r.input_ids) for r in c] for c in chunks] == [[300, 200], [500, 100], [1200], [50]]
+    assert [r for c in chunks for r in c] == rows  # nothing dropped, nothing reordered
+    # the padded size of every group with more than one row is within the budget
+    assert all(len(c) * max(len(r.input_ids) for r in c) <= 1024 for c in chunks if len(c) > 1)
+    assert loop.forward_chunks(rows, 0) == [rows]
+    assert loop.forward_chunks([], 1024) == []
+    equal = [_Row(512)] * 8
+    assert [len(c) for c in loop.forward_chunks(equal, 1024)] == [2, 2, 2, 2]
+
+
+def test_a_preference_pair_counts_twice_its_widest_side():
+    from kubetune.trainer.data_prepare import PreferenceSample
+
+    pair = PreferenceSample(prompt_ids=[1] * 10, chosen_ids=[2] * 5, rejected_ids=[3] * 7)
+    assert loop.forward_width(pair) == 34  # chosen and rejected rows, both padded to 10 + 7
+    assert [len(c) for c in loop.forward_chunks([pair] * 3, 68)] == [2, 1]
+
+
+def test_forward_token_budget_defaults_by_device_and_reads_the_environment():
+    from kubetune.trainer.errors import TrainerConfigError
+
+    assert loop.resolve_forward_tokens(None, "cpu") == loop.FORWARD_TOKENS_CPU
+    assert loop.resolve_forward_tokens(None, "cuda") == 0
+    assert loop.resolve_forward_tokens(0, "cpu") == 0
+    assert loop.forward_tokens_from_env({}) is None
+    assert loop.forward_tokens_from_env({"KUBETUNE_FORWARD_TOKENS": "auto"}) is None
+    assert loop.forward_tokens_from_env({"KUBETUNE_FORWARD_TOKENS": "2048"}) == 2048
+    assert loop.forward_tokens_from_env({"KUBETUNE_FORWARD_TOKENS": "0"}) == 0
+    with pytest.raises(TrainerConfigError, match="KUBETUNE_FORWARD_TOKENS='-5'"):
+        loop.forward_tokens_from_env({"KUBETUNE_FORWARD_TOKENS": "-5"})
+
+
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
+def test_splitting_a_micro_batch_into_forwards_gives_the_same_training(
+        make_job, sft_samples, preference_samples, tokenizer, tmp_path, monkeypatch, objective):
+    """Several small forwards into one gradient train exactly as one big forward: same losses and
+    weights, with the step's rows run as one forward each (dropout off: its masks are drawn per
+    forward, so with dropout the two runs draw different masks)."""
+    spec = {"method": {"type": "lora", "lora": {"rank": 4, "alpha": 8, "dropout": 0.0}},
+            "hyperparameters": {"maxSteps": 3, "batchSize": 4, "gradientAccumulationSteps": 2,
+                                "learningRate": 0.005, "warmupRatio": 0}}
+    if objective == "dpo":
+        spec["objective"] = {"type": "dpo", "beta": 0.1}
+        spec["datasets"] = [{"name": "pairs", "uri": "pairs.jsonl", "format": "preference"}]
+    else:
+        spec["preprocessing"] = {"packing": False}
+    job = make_job(spec)
+    samples = preference_samples if objective == "dpo" else sft_samples
+    forwards = []
+    collate = loop.collate
+    monkeypatch.setattr(loop, "collate", lambda rows, *a, **kw: forwards.append(len(rows)) or collate(rows, *a, **kw))
+
+    whole = _train(job, samples, tokenizer, tmp_path / "whole", forward_tokens=0)
+    assert forwards == [4] * 6  # 3 steps x 2 micro-batches of 4 rows
+    forwards.clear()
+    split = _train(job, samples, tokenizer, tmp_path / "split", forward_tokens=1)
+    assert forwards == [1] * 24  # every row its own forward
+
+    assert split.losses == pytest.approx(whole.losses, rel=1e-5)
+    a = ckpt.load_trainable(ckpt.latest_checkpoint(tmp_path / "whole"))
+    b = ckpt.load_trainable(ckpt.latest_checkpoint(tmp_path / "split"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6)

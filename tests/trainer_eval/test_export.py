@@ -207,3 +207,73 @@ def test_full_method_exports_weights_that_reload(tokenizer, tmp_path, tiny_model
         torch.testing.assert_close(reloaded(input_ids=ids).logits, expected)
     assert status["artifact"]["kind"] == "full"
     assert not (tmp_path / "out" / "adapter").exists()
+
+
+def _grown_vocabulary_model(tiny_model_dir, tokenizer, modules_to_save):
+    """A LoRA model whose tokenizer gained two tokens; the resized embedding and LM head train whole."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    grown = copy.deepcopy(tokenizer)
+    grown.add_special_tokens({"additional_special_tokens": ["<|tool_call|>", "<|tool_result|>"]})
+    base = load_base(tiny_model_dir)
+    base.resize_token_embeddings(len(grown))
+    torch.manual_seed(2)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                            modules_to_save=modules_to_save, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(0.05 * torch.randn_like(param))  # trained: differs from the base
+    return model.eval(), grown
+
+
+def test_a_grown_vocabulary_exports_its_embeddings_and_reloads(tokenizer, tmp_path, tiny_model_dir, prepared):
+    """The one case where modules_to_save belongs in the adapter: new tokens need their rows."""
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    model, grown = _grown_vocabulary_model(tiny_model_dir, tokenizer, ["embed_tokens", "lm_head"])
+    new_id = grown.convert_tokens_to_ids("<|tool_call|>")
+    assert new_id >= json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    ids = torch.tensor([grown("Call a tool <|tool_call|> now")["input_ids"]])
+    assert new_id in ids[0].tolist()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    _export(model, grown, tmp_path, tiny_model_dir, prepared)
+
+    adapter = tmp_path / "out" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config["modules_to_save"]) == ["embed_tokens", "lm_head"]
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        whole = {k: f.get_tensor(k).shape for k in f.keys() if "lora_" not in k}
+    assert any("embed_tokens" in k and shape[0] == len(grown) for k, shape in whole.items()), whole
+    assert any("lm_head" in k and shape[0] == len(grown) for k, shape in whole.items()), whole
+    reloaded_tok = AutoTokenizer.from_pretrained(adapter)
+    assert reloaded_tok.convert_tokens_to_ids("<|tool_call|>") == new_id
+
+    base = load_base(tiny_model_dir)
+    base.resize_token_embeddings(len(reloaded_tok))
+    reloaded = PeftModel.from_pretrained(base, adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected)
+
+
+def test_whole_modules_without_a_vocabulary_change_are_refused_before_writing(lora_model, tokenizer, tmp_path,
+                                                                               tiny_model_dir, prepared):
+    """vLLM cannot serve modules_to_save: an adapter that trains lm_head whole on an unchanged
+    vocabulary fails export and leaves no output folder behind."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(load_base(tiny_model_dir), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"],
+        task_type="CAUSAL_LM"))
+    with pytest.raises(ExportError, match=r"trains whole modules \(\['lm_head'\]\).*vocabulary is unchanged"):
+        _export(model, tokenizer, tmp_path, tiny_model_dir, prepared)
+    assert not (tmp_path / "out").exists()
