@@ -88,9 +88,10 @@ class StepPlan:
 ATTENTION_CHOICES = ("sdpa", "flex_attention")
 
 FORWARD_TOKENS_CPU = 1024
-"""CPU forwards of about 1k tokens keep a step's activations in cache-sized pieces: SmolLM2-135M
-LoRA on 8 packed rows of 512 ran as fast in four forwards of two rows as in one of eight, at a
-third of the peak RSS (docs/benchmarks.md). GPUs want the largest forward that fits."""
+"""CPU forwards of about 1k tokens hold a step's activations one piece at a time: SmolLM2-135M
+LoRA on 8 packed rows of 512 ran as fast in four forwards of two rows as in one of eight, at
+3014 MiB peak RSS instead of 7903-8251 MiB; 512-token forwards were slower (docs/benchmarks.md).
+GPUs want the largest forward that fits."""
 
 
 def gpu_options_from_env(environ) -> dict:

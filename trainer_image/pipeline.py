@@ -129,6 +129,8 @@ def preflight(job: FineTuneJob, *, base_dir: Path | None = None, cuda: bool | No
     """Model folder, method and hardware checks; returns (model_dir, tokenizer). No Ray needed."""
     spec = job.spec
     check_lora_rank(job)
+    gpu_options_from_env(os.environ)  # a typo in the trainer's environment fails in seconds
+    forward_tokens_from_env(os.environ)
     model_dir = model_init.resolve_model_dir(spec, base_dir)
     methods.check_method(spec, _read_model_config(model_dir))
     model_init.check_hardware(spec, cuda=cuda)

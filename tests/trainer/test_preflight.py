@@ -167,3 +167,11 @@ def test_missing_evaluation_prompts_file_fails_before_training(make_job, tmp_pat
     job = make_job({"evaluation": {"promptsUri": str(tmp_path / "eval.jsonl")}})
     with pytest.raises(TrainerConfigError, match="promptsUri .* is not a file"):
         pipeline.preflight(job)
+
+
+@pytest.mark.parametrize("variable,value", [("KUBETUNE_FORWARD_TOKENS", "a lot"), ("KUBETUNE_ATTENTION", "flash"),
+                                            ("KUBETUNE_COMPILE_BLOCKS", "maybe")])
+def test_a_bad_trainer_environment_variable_fails_before_data_or_model(make_job, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(TrainerConfigError, match=f"{variable}={value!r}"):
+        pipeline.preflight(make_job({}))
