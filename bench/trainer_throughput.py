@@ -334,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, value)
     if args.child:
         return child(args)
+    from kubetune.trainer import loop
+
+    from kubetune.trainer.errors import TrainerConfigError
+
+    try:
+        requested = loop.forward_tokens_from_env({"KUBETUNE_FORWARD_TOKENS": args.ours_forward_tokens})
+    except TrainerConfigError as exc:
+        parser.error(f"--ours-forward-tokens: {exc}")
+    budget = f"auto ({loop.FORWARD_TOKENS_CPU} on CPU)" if requested is None else requested
 
     with tempfile.TemporaryDirectory(prefix="kt-bench-") as tmp:
         work = Path(tmp)
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
         print(f"model: {model_name} ({model_dir}); {args.steps} steps of batch {args.batch_size}, "
               f"maxSeqLength {args.max_seq_length}, {args.threads} threads, LoRA r16 all-linear; ours' forwards hold "
-              f"at most {args.ours_forward_tokens} tokens (KUBETUNE_FORWARD_TOKENS)", flush=True)
+              f"at most {budget} tokens (KUBETUNE_FORWARD_TOKENS)", flush=True)
         results = {}
         for name in args.only:
             out = work / f"{name}.json"

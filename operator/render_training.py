@@ -163,6 +163,8 @@ def _env(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> list[
             env.append({"name": "KUBETUNE_ATTENTION", "value": settings.trainer_gpu_attention})
         if settings.trainer_gpu_compile_blocks:
             env.append({"name": "KUBETUNE_COMPILE_BLOCKS", "value": "1"})
+    if settings.trainer_forward_tokens is not None:
+        env.append({"name": "KUBETUNE_FORWARD_TOKENS", "value": str(settings.trainer_forward_tokens)})
     return env
 
 

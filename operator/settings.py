@@ -42,6 +42,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _forward_tokens(env: Mapping[str, str], name: str) -> int | None:
+    if (env.get(name) or "auto").strip().lower() == "auto":
+        return None
+    return _int(env, name, 0)
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -140,6 +146,10 @@ class Settings:
     which skips the tiles a packed batch masks out; see docs/training.md)."""
     trainer_gpu_compile_blocks: bool = False
     """torch.compile each transformer block in GPU training pods (KUBETUNE_TRAINER_COMPILE_BLOCKS)."""
+    trainer_forward_tokens: int | None = None
+    """Most tokens one training forward holds, in every training pod (KUBETUNE_TRAINER_FORWARD_TOKENS:
+    auto, 0 for no limit, or a count); None (auto) leaves the trainer's default: 1024 on CPU, no
+    limit on GPUs."""
 
     @property
     def clusterwide(self) -> bool:
@@ -179,4 +189,5 @@ class Settings:
             extra_labels=extra,
             trainer_gpu_attention=attention,
             trainer_gpu_compile_blocks=_bool(env, "KUBETUNE_TRAINER_COMPILE_BLOCKS", False),
+            trainer_forward_tokens=_forward_tokens(env, "KUBETUNE_TRAINER_FORWARD_TOKENS"),
         )

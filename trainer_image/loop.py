@@ -4,7 +4,8 @@ Determinism is by construction rather than by saved RNG streams: the data order 
 is a seeded permutation, a step's micro-batches are a pure function of (step, rank), and the
 RNG for dropout is reseeded from (seed, step, rank) before every step. A run resumed from a
 checkpoint at step k therefore sees exactly the batches and dropout masks an uninterrupted run
-sees from step k on, and its losses match.
+sees from step k on, and its losses match. (Dropout masks are drawn per forward, so this holds
+for the same forward token budget; a resume under another budget says so in a warning.)
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class LoopConfig:
     """torch.compile every transformer block (fuses the elementwise work around the matmuls;
     pays on GPUs after a compile of a minute or so; off by default)."""
     forward_tokens: int | None = None
-    """Most tokens (rows x padded width) one forward holds; a micro-batch above it runs as several
-    forwards into the same gradient. None: FORWARD_TOKENS_CPU on CPU, no limit on GPUs; 0: no limit."""
+    """Token budget of one forward (rows x padded width; a preference pair is two rows): a
+    micro-batch above it runs as several forwards of whole rows into the same gradient, and a
+    single row wider than the budget is a forward of its own. None: FORWARD_TOKENS_CPU on CPU,
+    no limit on GPUs; 0: no limit."""
 
 
 @dataclass
@@ -111,14 +114,15 @@ def gpu_options_from_env(environ) -> dict:
 
 def forward_tokens_from_env(environ) -> int | None:
     """LoopConfig.forward_tokens from KUBETUNE_FORWARD_TOKENS: `auto` (default), 0 or a token count."""
-    raw = environ.get("KUBETUNE_FORWARD_TOKENS", "auto").strip().lower()
-    if raw in ("", "auto"):
+    raw = environ.get("KUBETUNE_FORWARD_TOKENS", "auto")
+    value = raw.strip()
+    if value.lower() in ("", "auto"):
         return None
-    if not raw.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise TrainerConfigError(
             f"KUBETUNE_FORWARD_TOKENS={raw!r}: use auto, 0 (no limit) or the most tokens one forward may hold"
         )
-    return int(raw)
+    return int(value)
 
 
 def resolve_forward_tokens(requested: int | None, device: str) -> int:
@@ -231,7 +235,8 @@ def to_device(batch: dict, device: str, *, mask: bool = True) -> dict:
 
 
 def batch_count(batch: dict, spec: FineTuneJobSpec) -> float:
-    """What the loss of a micro-batch is normalised over: loss tokens (SFT) or pairs (DPO/ORPO)."""
+    """What the loss of one forward's batch is summed over: loss tokens (SFT) or pairs (DPO/ORPO);
+    the step divides by the total over all its forwards on all workers."""
     if spec.objective.type == "sft":
         return float(batch["num_loss_tokens"])
     return float(batch["chosen_input_ids"].size(0))
@@ -370,6 +375,9 @@ class _WorkerRun:
         self.attention = cfg.attention if gpu else "sdpa"
         self.compile_blocks = cfg.compile_blocks and gpu
         self.forward_tokens = resolve_forward_tokens(cfg.forward_tokens, "cuda" if gpu else "cpu")
+        if self.rank == 0:
+            log.info("forwards hold at most %s (KUBETUNE_FORWARD_TOKENS)",
+                     f"{self.forward_tokens} tokens" if self.forward_tokens else "a whole micro-batch")
         if (self.attention, self.compile_blocks) != (cfg.attention, cfg.compile_blocks) and self.rank == 0:
             log.warning("attention=%s compile_blocks=%s apply on GPUs only; using sdpa without compile on %s",
                         cfg.attention, cfg.compile_blocks, self.device)
@@ -428,6 +436,14 @@ class _WorkerRun:
                     "resuming anyway (the schedule follows this run)",
                     latest.path, meta.get("totalSteps"), meta.get("worldSize"), self.plan.total_steps, self.world_size,
                 )
+            written_with = meta.get("forwardTokens", self.forward_tokens)
+            if written_with != self.forward_tokens and self.rank == 0:
+                log.warning(
+                    "checkpoint %s was written with forwards of at most %s tokens, this run uses %s "
+                    "(KUBETUNE_FORWARD_TOKENS; 0 = no limit): same steps, but dropout masks are drawn per "
+                    "forward, so with dropout the losses will not repeat the interrupted run's exactly",
+                    latest.path, written_with, self.forward_tokens,
+                )
             load_trained_state(self.model, self.spec, latest)
             saved_optimizer = ckpt.load_optimizer(latest)
             start, losses = latest.step, list(meta.get("losses", []))[: latest.step]
@@ -470,8 +486,11 @@ class _WorkerRun:
 
     # -- one optimizer step
 
-    def micro_batches(self, step: int) -> list[tuple[dict, int]]:
-        """This worker's forwards for `step`: each micro-batch, split to the forward token budget."""
+    def forwards(self, step: int) -> list[tuple[dict, int]]:
+        """This worker's forwards for `step`: each micro-batch, split to the forward token budget.
+
+        Workers may run different numbers of forwards; gradients are all-reduced only in each
+        worker's last backward (the others run under DDP's no_sync), so the collectives match."""
         out = []
         for k in range(self.hp.gradient_accumulation_steps):
             rows = [self.sequences[i] for i in micro_batch_indices(step, k, self.rank, self.plan, self.hp, self.seed)]
@@ -505,7 +524,7 @@ class _WorkerRun:
         torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + self.rank)
         random.seed(self.seed * 1_000_003 + step * 1_009 + self.rank)
 
-        batches = self.micro_batches(step)
+        batches = self.forwards(step)
         (global_count,) = all_reduce_sum([sum(batch_count(b, self.spec) for b, _ in batches)])
         global_count = max(global_count, 1.0)
         loss_sum, tokens = 0.0, 0
@@ -544,6 +563,7 @@ class _WorkerRun:
                 optimizer=ckpt.optimizer_state_by_name(self.optimizer, self.names_by_id),
                 meta={
                     "totalSteps": self.plan.total_steps, "worldSize": self.world_size, "seed": self.seed,
+                    "forwardTokens": self.forward_tokens,
                     "method": self.spec.method.type, "objective": self.spec.objective.type,
                     "dataPosition": {"epoch": (done - 1) // self.plan.steps_per_epoch,
                                      "stepInEpoch": done % self.plan.steps_per_epoch},

@@ -144,6 +144,26 @@ def test_gpu_speed_options_reach_gpu_training_pods_only():
         Settings.from_env({"KUBETUNE_TRAINER_ATTENTION": "flash"})
 
 
+def test_forward_token_budget_reaches_every_training_pod_when_set():
+    def env_of(spec: dict, settings: Settings) -> dict:
+        doc = body(spec=spec)
+        rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
+        (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        return {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+
+    cpu_job = {**minimal_spec(), "resources": {"workers": 2, "gpusPerWorker": 0}}
+    assert "KUBETUNE_FORWARD_TOKENS" not in env_of(cpu_job, SETTINGS)  # auto: the trainer decides per device
+    assert "KUBETUNE_FORWARD_TOKENS" not in env_of(
+        cpu_job, Settings.from_env({"KUBETUNE_TRAINER_FORWARD_TOKENS": "auto"}))
+    budget = Settings.from_env({"KUBETUNE_TRAINER_FORWARD_TOKENS": "512"})
+    assert env_of(cpu_job, budget)["KUBETUNE_FORWARD_TOKENS"] == "512"
+    assert env_of(full_spec(), budget)["KUBETUNE_FORWARD_TOKENS"] == "512"  # GPU jobs too
+    assert Settings.from_env({"KUBETUNE_TRAINER_FORWARD_TOKENS": "0"}).trainer_forward_tokens == 0
+    for bad in ("lots", "-1"):
+        with pytest.raises(SettingsError, match="KUBETUNE_TRAINER_FORWARD_TOKENS"):
+            Settings.from_env({"KUBETUNE_TRAINER_FORWARD_TOKENS": bad})
+
+
 def test_every_child_is_owned_and_labelled():
     for obj in _render_all(body(spec=full_spec())):
         meta = obj["metadata"]

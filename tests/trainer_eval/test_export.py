@@ -263,8 +263,8 @@ def test_a_grown_vocabulary_exports_its_embeddings_and_reloads(tokenizer, tmp_pa
         torch.testing.assert_close(reloaded(input_ids=ids).logits, expected)
 
 
-def test_whole_modules_without_a_vocabulary_change_are_refused_before_writing(lora_model, tokenizer, tmp_path,
-                                                                               tiny_model_dir, prepared):
+def test_whole_modules_without_a_vocabulary_change_are_refused_before_writing(tokenizer, tmp_path, tiny_model_dir,
+                                                                               prepared):
     """vLLM cannot serve modules_to_save: an adapter that trains lm_head whole on an unchanged
     vocabulary fails export and leaves no output folder behind."""
     import torch
