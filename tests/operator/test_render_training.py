@@ -126,14 +126,16 @@ def test_rayjob_wiring():
     assert "unrelated" not in rayjob["metadata"]["labels"]
 
 
+def env_of(spec: dict, settings: Settings) -> dict:
+    """The environment of the rendered RayJob's training workers."""
+    doc = body(spec=spec)
+    rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
+    (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    return {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
+
+
 def test_gpu_speed_options_reach_gpu_training_pods_only():
     fast = Settings.from_env({"KUBETUNE_TRAINER_ATTENTION": "flex_attention", "KUBETUNE_TRAINER_COMPILE_BLOCKS": "true"})
-
-    def env_of(spec: dict, settings: Settings) -> dict:
-        doc = body(spec=spec)
-        rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
-        (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-        return {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
 
     gpu = env_of(full_spec(), fast)
     assert gpu["KUBETUNE_ATTENTION"] == "flex_attention" and gpu["KUBETUNE_COMPILE_BLOCKS"] == "1"
@@ -145,12 +147,6 @@ def test_gpu_speed_options_reach_gpu_training_pods_only():
 
 
 def test_forward_token_budget_reaches_every_training_pod_when_set():
-    def env_of(spec: dict, settings: Settings) -> dict:
-        doc = body(spec=spec)
-        rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
-        (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-        return {e["name"]: e.get("value") for e in group["template"]["spec"]["containers"][0]["env"]}
-
     cpu_job = {**minimal_spec(), "resources": {"workers": 2, "gpusPerWorker": 0}}
     assert "KUBETUNE_FORWARD_TOKENS" not in env_of(cpu_job, SETTINGS)  # auto: the trainer decides per device
     assert "KUBETUNE_FORWARD_TOKENS" not in env_of(
