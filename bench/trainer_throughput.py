@@ -335,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     from kubetune.trainer import loop
-
     from kubetune.trainer.errors import TrainerConfigError
 
     try:

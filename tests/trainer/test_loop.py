@@ -174,6 +174,15 @@ def _split_job(make_job, objective):
     return make_job(spec)
 
 
+@pytest.fixture
+def forwards(monkeypatch) -> list[int]:
+    """The row count of every forward the loop collates, in order."""
+    seen: list[int] = []
+    collate = loop.collate
+    monkeypatch.setattr(loop, "collate", lambda rows, *a, **kw: seen.append(len(rows)) or collate(rows, *a, **kw))
+    return seen
+
+
 def _same_training(dir_a, dir_b, a, b):
     assert b.losses == pytest.approx(a.losses, rel=1e-5)
     weights_a = ckpt.load_trainable(ckpt.latest_checkpoint(dir_a))
@@ -185,15 +194,12 @@ def _same_training(dir_a, dir_b, a, b):
 
 @pytest.mark.parametrize("objective", ["sft", "dpo"])
 def test_splitting_a_micro_batch_into_forwards_gives_the_same_training(
-        make_job, sft_samples, preference_samples, tokenizer, tmp_path, monkeypatch, objective):
+        make_job, sft_samples, preference_samples, tokenizer, tmp_path, forwards, objective):
     """Several small forwards into one gradient train exactly as one big forward: same losses and
     weights, whether every row is its own forward or the rows go in padded groups (dropout off:
     its masks are drawn per forward, so with dropout the runs would draw different masks)."""
     job = _split_job(make_job, objective)
     samples = preference_samples if objective == "dpo" else sft_samples
-    forwards = []
-    collate = loop.collate
-    monkeypatch.setattr(loop, "collate", lambda rows, *a, **kw: forwards.append(len(rows)) or collate(rows, *a, **kw))
 
     whole = _train(job, samples, tokenizer, tmp_path / "whole", forward_tokens=0)
     assert forwards == [4] * 6  # 3 steps x 2 micro-batches of 4 rows
@@ -209,11 +215,8 @@ def test_splitting_a_micro_batch_into_forwards_gives_the_same_training(
     _same_training(tmp_path / "whole", tmp_path / "grouped", whole, grouped)
 
 
-def test_cpu_workers_use_the_cpu_budget_by_default(make_job, sft_samples, tokenizer, tmp_path, monkeypatch):
+def test_cpu_workers_use_the_cpu_budget_by_default(make_job, sft_samples, tokenizer, tmp_path, forwards, monkeypatch):
     job = _split_job(make_job, "sft")
-    forwards = []
-    collate = loop.collate
-    monkeypatch.setattr(loop, "collate", lambda rows, *a, **kw: forwards.append(len(rows)) or collate(rows, *a, **kw))
     monkeypatch.setattr(loop, "FORWARD_TOKENS_CPU", 1)
     _train(job, sft_samples, tokenizer, tmp_path / "ckpt")  # forward_tokens=None: the device default
     assert forwards == [1] * 24

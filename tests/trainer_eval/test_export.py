@@ -209,7 +209,7 @@ def test_full_method_exports_weights_that_reload(tokenizer, tmp_path, tiny_model
     assert not (tmp_path / "out" / "adapter").exists()
 
 
-def _grown_vocabulary_model(tiny_model_dir, tokenizer, modules_to_save):
+def _grown_vocabulary_model(tiny_model_dir, tokenizer):
     """A LoRA model whose tokenizer gained two tokens; the resized embedding and LM head train whole."""
     import copy
 
@@ -222,7 +222,7 @@ def _grown_vocabulary_model(tiny_model_dir, tokenizer, modules_to_save):
     base.resize_token_embeddings(len(grown))
     torch.manual_seed(2)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
-                                            modules_to_save=modules_to_save, task_type="CAUSAL_LM"))
+                                            modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM"))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:
@@ -237,7 +237,7 @@ def test_a_grown_vocabulary_exports_its_embeddings_and_reloads(tokenizer, tmp_pa
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
-    model, grown = _grown_vocabulary_model(tiny_model_dir, tokenizer, ["embed_tokens", "lm_head"])
+    model, grown = _grown_vocabulary_model(tiny_model_dir, tokenizer)
     new_id = grown.convert_tokens_to_ids("<|tool_call|>")
     assert new_id >= json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     ids = torch.tensor([grown("Call a tool <|tool_call|> now")["input_ids"]])
