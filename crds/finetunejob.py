@@ -10,6 +10,7 @@ from .common import (
     Timestamp,
     FREE_FORM,
     Condition,
+    ImageRef,
     KubeModel,
     LocalObjectRef,
     Name,
@@ -245,8 +246,9 @@ class Resources(KubeModel):
     """Memory request and limit per worker."""
     shared_memory: Quantity = "2Gi"
     """Size of the /dev/shm emptyDir (NCCL and data loaders need more than the default 64Mi)."""
-    image: ShortStr | None = None
-    """Trainer image; defaults to the operator's configured trainer image."""
+    image: ImageRef | None = None
+    """Trainer image, by tag or pinned by digest (`repo@sha256:...`); defaults to the operator's
+    configured trainer image (ghcr.io/kubetune/trainer:<version>, or -cpu for the CPU build)."""
     image_pull_secrets: Annotated[list[LocalObjectRef], Field(max_length=16)] | None = None
     """Secrets for pulling the image."""
     node_selector: Annotated[dict[str, ShortStr], Field(max_length=64)] | None = None

@@ -9,6 +9,7 @@ from pydantic import Field
 from .common import (
     Timestamp,
     Condition,
+    ImageRef,
     KubeModel,
     LocalObjectRef,
     Name,
@@ -58,8 +59,9 @@ class AdapterSource(KubeModel):
 class Engine(KubeModel):
     """vLLM settings. Extra arguments are passed as a list, never through a shell."""
 
-    image: ShortStr | None = None
-    """vLLM OpenAI server image; defaults to the operator's configured image."""
+    image: ImageRef | None = None
+    """vLLM OpenAI server image, by tag or pinned by digest (`repo@sha256:...`); defaults to the
+    operator's configured image."""
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     """--max-model-len; default: the model's own."""
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1

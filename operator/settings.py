@@ -7,9 +7,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
-DEFAULT_GATEWAY_IMAGE = "ghcr.io/kubetune/gateway:0.1.0"
+from kubetune.common import images
+
+DEFAULT_TRAINER_IMAGE = images.trainer_ref(images.default_version())
+"""The GPU trainer image of this release (kubetune.common.images is the naming scheme)."""
+DEFAULT_VLLM_IMAGE = images.VLLM_IMAGE
+DEFAULT_GATEWAY_IMAGE = images.image_ref("gateway", images.default_version())
 DEFAULT_RAY_VERSION = "2.50.0"
 
 
@@ -63,6 +66,16 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
 
 TRAINER_ATTENTION_CHOICES = ("sdpa", "flex_attention")
 """What the trainer's KUBETUNE_ATTENTION accepts (kubetune.trainer.loop.ATTENTION_CHOICES)."""
+
+
+def _image(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not images.is_image_reference(raw):
+        raise SettingsError(f"{name}={raw!r}: not an image reference "
+                            "([registry/]repository[:tag][@sha256:<64 hex digits>])")
+    return raw
 
 
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -169,9 +182,9 @@ class Settings:
                                 f"{', '.join(TRAINER_ATTENTION_CHOICES)}")
         return cls(
             namespaces=_list(env, "KUBETUNE_NAMESPACES"),
-            trainer_image=env.get("KUBETUNE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
-            vllm_image=env.get("KUBETUNE_VLLM_IMAGE") or DEFAULT_VLLM_IMAGE,
-            gateway_image=env.get("KUBETUNE_GATEWAY_IMAGE") or DEFAULT_GATEWAY_IMAGE,
+            trainer_image=_image(env, "KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            vllm_image=_image(env, "KUBETUNE_VLLM_IMAGE", DEFAULT_VLLM_IMAGE),
+            gateway_image=_image(env, "KUBETUNE_GATEWAY_IMAGE", DEFAULT_GATEWAY_IMAGE),
             image_pull_policy=env.get("KUBETUNE_IMAGE_PULL_POLICY") or "IfNotPresent",
             ray_version=env.get("KUBETUNE_RAY_VERSION") or DEFAULT_RAY_VERSION,
             head_cpu=env.get("KUBETUNE_HEAD_CPU") or "1",

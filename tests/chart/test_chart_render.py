@@ -144,8 +144,11 @@ def test_operator_settings_reach_the_container(integrations_render):
     assert env["KUBETUNE_PROMETHEUS_MONITOR"] == "true"
     assert env["KUBETUNE_NAMESPACES"] == ""
     assert env["KUBETUNE_LOG_LEVEL"] == "debug"
-    assert container["image"].endswith("@sha256:" + "0123456789abcdef" * 4)
-    assert container["args"] == ["kubetune", "operator", "--standalone", "--liveness",
+    assert container["image"] == "registry.example.com:5000/platform/kubetune/operator@sha256:" + "0123456789abcdef" * 4
+    assert env["KUBETUNE_TRAINER_IMAGE"] == "registry.example.com:5000/platform/kubetune/trainer:0.1.0-cpu"
+    assert env["KUBETUNE_GATEWAY_IMAGE"] == "registry.example.com:5000/platform/kubetune/gateway@sha256:" + "fedcba9876543210" * 4
+    assert env["KUBETUNE_VLLM_IMAGE"] == "vllm/vllm-openai@sha256:" + "00112233445566778899aabbccddeeff" * 2
+    assert container["args"] == ["operator", "--standalone", "--liveness",
                                  "http://0.0.0.0:8080/healthz", "--metrics-port", "9090"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 9090}
@@ -180,15 +183,15 @@ def test_every_setting_the_chart_passes_is_read_by_the_operator(rendered):
 
 
 def test_operator_command_accepts_the_chart_args(default_render):
-    """The Deployment's args parse with the real `kubetune operator` parser."""
+    """The Deployment's args (after the image's `kubetune` entrypoint) parse with the real parser."""
     from kubetune.cli import build_parser
 
     container, _ = _env(default_render)
-    assert container["args"][0] == "kubetune"
+    assert "command" not in container  # the image's ENTRYPOINT is `kubetune` (tests/images)
     try:
-        args = build_parser().parse_args(container["args"][1:])
+        args = build_parser().parse_args(container["args"])
     except SystemExit:  # pragma: no cover - the failure message
-        pytest.fail(f"kubetune rejects the chart's args {container['args'][1:]}")
+        pytest.fail(f"kubetune rejects the chart's args {container['args']}")
     if getattr(args, "func", None).__name__ == "run" and "placeholder" in getattr(args.func, "__qualname__", ""):
         pytest.skip("the operator command has not landed")
     assert args.command == "operator"

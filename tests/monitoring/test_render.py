@@ -16,7 +16,7 @@ from kubetune.operator.render_retraining import (
 )
 from tests.monitoring.samples import modeldeployment
 
-SETTINGS = MonitorSettings(image="ghcr.io/kubetune/trainer:test", payload_log_claim="payload-logs")
+SETTINGS = MonitorSettings(payload_log_claim="payload-logs")
 
 
 def by_kind(objs):

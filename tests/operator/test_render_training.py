@@ -29,7 +29,7 @@ from tests.harness.server import KUBERAY_RAYJOB_CRD
 from tests.operator.samples import body, full_spec, minimal_spec
 
 GOLDEN = Path(__file__).parent / "golden"
-SETTINGS = Settings.from_env({"KUBETUNE_TRAINER_IMAGE": "ghcr.io/kubetune/trainer:test"})
+SETTINGS = Settings.from_env({})
 
 
 def _render_all(doc: dict) -> list[dict]:

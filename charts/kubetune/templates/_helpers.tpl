@@ -39,12 +39,37 @@ app.kubernetes.io/part-of: kubetune
 {{- end -}}
 {{- end -}}
 
-{{- define "kubetune.image" -}}
-{{- if .Values.image.digest -}}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{/*
+kubetune's images, one scheme (kubetune/common/images.py): <registry>/<prefix>/<name>:<tag>, or
+<registry>/<prefix>/<name>@<digest> when pinned. Call with (dict "ctx" $ "name" "trainer"
+"suffix" "cpu" "digest" "sha256:...").
+*/}}
+{{- define "kubetune.imageRef" -}}
+{{- $images := .ctx.Values.images -}}
+{{- $repo := list $images.registry $images.prefix .name | compact | join "/" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" $repo .digest -}}
 {{- else -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $tag := default .ctx.Chart.AppVersion $images.tag | replace "+" "-" -}}
+{{- if .suffix -}}
+{{- printf "%s:%s-%s" $repo $tag .suffix -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.image" -}}
+{{- include "kubetune.imageRef" (dict "ctx" . "name" "operator" "digest" .Values.images.operator.digest) -}}
+{{- end -}}
+
+{{- define "kubetune.trainerImage" -}}
+{{- $trainer := .Values.images.trainer -}}
+{{- include "kubetune.imageRef" (dict "ctx" . "name" "trainer" "suffix" (ternary "cpu" "" (eq $trainer.variant "cpu")) "digest" $trainer.digest) -}}
+{{- end -}}
+
+{{- define "kubetune.gatewayImage" -}}
+{{- include "kubetune.imageRef" (dict "ctx" . "name" "gateway" "digest" .Values.images.gateway.digest) -}}
 {{- end -}}
 
 {{/* The namespaces the operator watches, comma-separated; empty means all. */}}
