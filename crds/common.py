@@ -48,6 +48,7 @@ Quantity = Annotated[
 ]
 """A Kubernetes resource quantity such as `4`, `500m` or `16Gi`."""
 
+
 def _check_image(value: str) -> str:
     if not is_image_reference(value):
         raise ValueError("not an image reference; use [registry/]repository[:tag][@sha256:<64 hex digits>], "

@@ -21,7 +21,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +51,12 @@ class Options:
 
 
 def scheme_images() -> dict[str, str]:
-    spec = importlib.util.spec_from_file_location("kubetune_images", ROOT / "kubetune" / "common" / "images.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        version = tomllib.load(f)["project"]["version"]
-    return {t: module.target_ref(module.target(t), version) for t in TARGETS}
+    """The references of TARGETS, from scripts/images.py's own loading of the naming scheme."""
+    spec = importlib.util.spec_from_file_location("kubetune_images_script", ROOT / "scripts" / "images.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    scheme, version = script.load_scheme(), script.project_version()
+    return {t: scheme.target_ref(scheme.target(t), version) for t in TARGETS}
 
 
 STORAGE = """\

@@ -190,7 +190,6 @@ def test_gateway_proxies_and_scores_with_the_offline_model(tmp_path):
         args[args.index("--upstream") + 1] = upstream_url
         args[args.index("--port") + 1] = str(port)
         args[args.index("--host") + 1] = "127.0.0.1"
-        mounts = []
         config_dir = tmp_path / "config"
         config_dir.mkdir()
         for name, text in config["data"].items():
