@@ -25,6 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))  # so `tests.fixtures` imports
 
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.harness.skip_guard import register
+
+    register(config)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -1,18 +1,22 @@
 """Render the chart for the defaults and each ci/*-values.yaml; lint it; validate every object.
 
 Core kinds are validated with kubernetes-validate in strict mode (unknown fields fail) for the
-oldest and newest Kubernetes the chart supports; prometheus-operator kinds against the CRD
-schemas in ../shared/schemas with jsonschema.
+oldest and newest Kubernetes the chart supports; prometheus-operator kinds with their typed
+models (cloudcoil) and, where ../shared/schemas has them, their CRD schemas with jsonschema.
 """
 
 from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 import yaml
 
 from tests.chart.chart_render import CHART, CI_VALUES, NAMESPACE, RELEASE, REPO
+from tests.harness.crd_models import model_errors
+
+SHARED_PROMETHEUS_OPERATOR = REPO.parent / "shared" / "schemas" / "prometheus-operator"
 
 KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 PROMETHEUS_OPERATOR_KINDS = {
@@ -79,13 +83,16 @@ def test_core_objects_validate_strictly(rendered, kube_version):
             pytest.fail(f"{rendered.label}: {obj['kind']}/{obj['metadata']['name']} invalid for {kube_version}: {exc}")
 
 
-def test_prometheus_operator_objects_validate(rendered, shared_dir):
-    jsonschema = pytest.importorskip("jsonschema")
+def test_prometheus_operator_objects_validate(rendered):
+    """Typed prometheus-operator models always; its CRDs in ../shared as an extra check."""
     objects = [o for o in rendered.objects if o["kind"] in PROMETHEUS_OPERATOR_KINDS]
     for obj in objects:
-        schema = _crd_schema(shared_dir / "schemas" / "prometheus-operator" / PROMETHEUS_OPERATOR_KINDS[obj["kind"]], obj["kind"])
+        assert model_errors(obj) == [], f"{obj['kind']}/{obj['metadata']['name']}"
+        path = SHARED_PROMETHEUS_OPERATOR / PROMETHEUS_OPERATOR_KINDS[obj["kind"]]
+        if not path.exists():
+            continue
         body = {k: v for k, v in obj.items() if k != "metadata"}
-        errors = sorted(jsonschema.Draft7Validator(_strict(schema)).iter_errors(body), key=str)
+        errors = sorted(jsonschema.Draft7Validator(_strict(_crd_schema(path, obj["kind"]))).iter_errors(body), key=str)
         assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: " + "; ".join(
             f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
         )

@@ -29,15 +29,13 @@ import pytest
 
 from .client import KubeHttp, KubeRaySimulator, wait_for  # noqa: F401  (re-exported)
 from .operator import OperatorRunner
-from .server import KUBERAY_RAYJOB_CRD, RunningEmulator
+from .server import RunningEmulator
 
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def k8s_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:
-    if not KUBERAY_RAYJOB_CRD.exists():
-        pytest.skip(f"{KUBERAY_RAYJOB_CRD} is absent (../shared/schemas/kuberay)")
     with RunningEmulator(tmp_path_factory.mktemp("k8s")) as emulator:
         yield emulator
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune.operator.kuberay import HEAD_PROBE
 from tests.images.runtime import ImageRuntime, Mount
 
 pytestmark = [pytest.mark.images, pytest.mark.slow]
@@ -134,17 +135,12 @@ def test_trainer_trains_from_s3_and_exports_an_adapter(trainer, s3_server, tmp_p
     assert "s3://datasets/sums/train.jsonl" in json.dumps(report), report
 
 
-KUBERAY_HEAD_PROBE = ("wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
-                      " && wget --tries 1 -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success")
-"""The exec probe KubeRay (1.3-1.5) injects into Ray head containers; workers run its first half."""
-
-
 def test_trainer_answers_kuberays_probes(trainer, tmp_path):
     """KubeRay starts pods with `/bin/bash -lc -- ulimit -n 65536; ray start ...` and probes them with
     wget; both need to work in the image as the pod's non-root user."""
     script = ("ulimit -n 65536; ray start --head --num-cpus=1 --dashboard-host=0.0.0.0 --disable-usage-stats"
               " --include-dashboard=true >/tmp/ray-start.log 2>&1 || { cat /tmp/ray-start.log; exit 3; }; "
-              f"for i in $(seq 90); do ({KUBERAY_HEAD_PROBE}) && ray stop --force >/dev/null && exit 0; sleep 1; done; "
+              f"for i in $(seq 90); do ({HEAD_PROBE}) && ray stop --force >/dev/null && exit 0; sleep 1; done; "
               "ray stop --force; exit 4")
     proc = trainer.run(["-lc", "--", script], command=["/bin/bash"], user=UID, timeout=300,
                        env={"RAY_AUTH_MODE": "disabled"})

@@ -13,6 +13,7 @@ import pytest
 
 from kubetune.api import parse_finetunejob
 from kubetune.common import images
+from kubetune.operator.kuberay import SUPPORTED_KUBERAY_VERSIONS
 from tests.chart.chart_render import render_chart
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,3 +77,8 @@ def test_without_docker_and_kind_it_says_what_is_missing(kind_e2e, monkeypatch, 
     monkeypatch.setattr(kind_e2e.shutil, "which", lambda tool: None)
     assert kind_e2e.main([]) == 2
     assert "kind is not installed" in capsys.readouterr().err
+
+
+def test_kind_e2e_installs_a_supported_kuberay(kind_e2e):
+    minor = ".".join(kind_e2e.KUBERAY_CHART_VERSION.split(".")[:2])
+    assert minor in SUPPORTED_KUBERAY_VERSIONS

@@ -8,11 +8,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from kubetune.monitoring import prometheus_rules as pr
 from kubetune.monitoring.vllm_metrics import exported_names
+from tests.harness.crd_models import model_errors
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool absent (apt-get install prometheus; CI has it)")
@@ -108,15 +112,16 @@ def test_dashboard_configmaps_carry_the_sidecar_label():
         assert json.loads(value)["uid"].startswith("kubetune-")
 
 
-def test_prometheus_rule_object_matches_the_rule_files_and_its_crd(shared_dir):
+def test_prometheus_rule_object_matches_the_rule_files_and_its_crd():
+    """Typed prometheus-operator model always; its CRD in ../shared as an extra check."""
     obj = pr.prometheus_rule_object("kubetune", "monitoring")
     alerts = {r["alert"] for g in obj["spec"]["groups"] for r in g["rules"]}
     assert {"KubetuneDriftPersistent", "KubetuneSafetySpike", "KubetuneTTFTP99High", "KubetuneQueueLong",
             "KubetuneKVCacheFull", "KubetuneFineTuneJobFailed"} <= alerts
-    jsonschema = pytest.importorskip("jsonschema")
-    crd_path = shared_dir / "schemas" / "prometheus-operator" / "crd-prometheusrules.yaml"
+    assert model_errors(obj) == []
+    crd_path = SHARED / "schemas" / "prometheus-operator" / "crd-prometheusrules.yaml"
     if not crd_path.exists():
-        pytest.skip(f"{crd_path} is absent")
+        return
     crd = next(d for d in yaml.safe_load_all(crd_path.read_text()) if d)
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     schema = _python_patterns(version["schema"]["openAPIV3Schema"])

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from tests.harness.client import KubeHttp, KubeRaySimulator, wait_for
 from tests.harness.operator import OperatorRunner
-from tests.harness.emulator import load_crd_files
-from tests.harness.server import KUBERAY_RAYJOB_CRD, RunningEmulator
+from tests.harness.server import RunningEmulator, kuberay_crds
 from tests.operator.helpers import ftj_manifest, status_of, wait_condition, wait_phase
 from tests.operator.samples import minimal_spec
 
@@ -56,7 +55,7 @@ def test_without_kuberay_rayjob_is_not_accepted_and_job_engine_runs(tmp_path):
         wait_phase(http, "ml", "single", "Succeeded")
 
         # Installing KubeRay later is picked up by the periodic resync: the RayJob appears.
-        crds = load_crd_files(KUBERAY_RAYJOB_CRD)
+        crds = [crd for crd in kuberay_crds() if crd["spec"]["names"]["kind"] == "RayJob"]
         cluster.call(lambda: [cluster.emulator.register_crd(crd) for crd in crds])
         wait_for(lambda: http.get("rayjobs", "ml", "ray-train"), 20, message="RayJob once KubeRay is installed")
         wait_condition(http, "ml", "ray", "Accepted", "True", "Valid")

@@ -7,6 +7,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from kubetune.api import FineTuneJob
+from kubetune.operator.kuberay import SUPPORTED_KUBERAY_VERSIONS
 from kubetune.operator.render_common import add_labels, child_name
 from kubetune.operator.render_rbac import render_rbac
 from kubetune.operator.render_training import (
@@ -24,8 +26,7 @@ from kubetune.operator.render_training import (
     workload_name,
 )
 from kubetune.operator.settings import Settings, SettingsError
-from tests.harness.emulator import load_crd_files
-from tests.harness.server import KUBERAY_RAYJOB_CRD
+from tests.harness.kuberay_schema import rayjob_errors, upstream_rayjob_errors
 from tests.operator.samples import body, full_spec, minimal_spec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -65,35 +66,29 @@ def test_core_kinds_validate_strict(case):
         kubernetes_validate.validate(obj, "1.37.0", strict=True)
 
 
-@pytest.fixture(scope="module")
-def rayjob_schema():
-    if not KUBERAY_RAYJOB_CRD.exists():
-        pytest.skip(f"{KUBERAY_RAYJOB_CRD} is absent")
-    crd = load_crd_files(KUBERAY_RAYJOB_CRD)[0]
-    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
-
-
-def _strict(schema):
-    """The schema with additionalProperties false wherever properties are listed (catches typos)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
+@pytest.mark.parametrize("version", SUPPORTED_KUBERAY_VERSIONS)
 @pytest.mark.parametrize("case", ["rayjob-minimal", "rayjob-full"])
-def test_rayjob_matches_kuberay_schema(case, rayjob_schema):
-    jsonschema = pytest.importorskip("jsonschema")
+def test_rayjob_is_admitted_by_every_supported_kuberay(case, version):
+    """kubetune's own schema per release always; KubeRay's generated CRD too where ../shared has it."""
     rayjob = _render_all(CASES[case]())[-1]
     assert rayjob["kind"] == "RayJob"
-    schema = _strict(rayjob_schema)
-    schema["properties"]["metadata"] = {"type": "object"}
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(rayjob), key=str)
-    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors[:10])
+    assert rayjob_errors(rayjob, version) == []
+    assert upstream_rayjob_errors(rayjob) in (None, [])
+
+
+def test_the_schema_refuses_what_a_release_does_not_know():
+    """A field newer than the oldest supported release, a typo and a bad pod fail the check."""
+    rayjob = _render_all(CASES["rayjob-full"]())[-1]
+    assert rayjob_errors({**rayjob, "spec": {**rayjob["spec"], "backoffLimit": 3}}, "1.1") == [
+        "spec: Additional properties are not allowed ('backoffLimit' was unexpected)"]
+    typo = {**rayjob, "spec": {**rayjob["spec"], "shutdownAfterJobFinish": True}}
+    assert any("shutdownAfterJobFinish" in e for e in rayjob_errors(typo, SUPPORTED_KUBERAY_VERSIONS[0]))
+    interactive = {**rayjob, "spec": {**rayjob["spec"], "submissionMode": "InteractiveMode"}}
+    assert rayjob_errors(interactive, "1.2") and not rayjob_errors(interactive, "1.3")
+    bad_pod = copy.deepcopy(rayjob)
+    bad_pod["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    (error,) = rayjob_errors(bad_pod, SUPPORTED_KUBERAY_VERSIONS[-1])
+    assert error.startswith("spec.rayClusterSpec.headGroupSpec.template:")
 
 
 def test_rayjob_wiring():

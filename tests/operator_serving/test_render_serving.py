@@ -20,9 +20,12 @@ from kubetune.api import parse_modeldeployment
 from kubetune.operator import render_serving as rs
 from kubetune.operator.vllm_args import EngineArgsError, LoraModule, vllm_args
 
+from tests.harness.crd_models import model_errors
+
 from .schemas import CORE_VERSION, crd_schema, validate_custom
 
 GOLDEN = Path(__file__).parent / "golden"
+PROMETHEUS_OPERATOR_SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "prometheus-operator"
 CORE_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"}
 
 
@@ -126,31 +129,33 @@ def test_core_children_pass_strict_validation(rendered):
         kubernetes_validate.validate(copy.deepcopy(child), CORE_VERSION, strict=True)
 
 
-def test_prometheus_monitors_match_the_operator_crds(rendered, shared_dir):
+def test_prometheus_monitors_are_valid(rendered):
+    """Typed prometheus-operator models always; its CRDs in ../shared as an extra check."""
     _, _, children = rendered
     monitors = [c for c in children if c["apiVersion"] == "monitoring.coreos.com/v1"]
     assert len(monitors) == 1
     monitor = monitors[0]
+    assert model_errors(monitor) == []
     file = {"PodMonitor": "crd-podmonitors.yaml", "ServiceMonitor": "crd-servicemonitors.yaml"}[monitor["kind"]]
-    path = shared_dir / "schemas" / "prometheus-operator" / file
-    if not path.exists():
-        pytest.skip(f"{path} absent")
-    assert validate_custom(monitor, crd_schema(path, monitor["kind"], "v1")) == []
+    path = PROMETHEUS_OPERATOR_SCHEMAS / file
+    if path.exists():
+        assert validate_custom(monitor, crd_schema(path, monitor["kind"], "v1")) == []
 
 
-def test_strict_monitor_schema_catches_a_typo(shared_dir):
-    """The schema check can fail: a misspelt endpoint field is reported."""
-    path = shared_dir / "schemas" / "prometheus-operator" / "crd-podmonitors.yaml"
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+def test_monitor_checks_catch_a_typo_and_a_wrong_type():
+    """The checks can fail: a misspelt endpoint field and a string where a list goes are reported."""
     monitor = rs.render_monitor(case_adapter_on_pvc())
     monitor["spec"]["podMetricsEndpoints"][0]["paht"] = "/metrics"
-    errors = validate_custom(monitor, crd_schema(path, "PodMonitor", "v1"))
-    assert any("paht" in e for e in errors)
+    assert model_errors(monitor) == ["spec.podMetricsEndpoints[0].paht: unknown field"]
+    path = PROMETHEUS_OPERATOR_SCHEMAS / "crd-podmonitors.yaml"
+    if path.exists():
+        assert any("paht" in e for e in validate_custom(monitor, crd_schema(path, "PodMonitor", "v1")))
+    monitor = rs.render_monitor(case_adapter_on_pvc())
+    monitor["spec"]["podMetricsEndpoints"] = "metrics"
+    assert model_errors(monitor) and "podMetricsEndpoints" in model_errors(monitor)[0]
 
 
-def test_keda_scaled_object(shared_dir):
-    keda = sorted((shared_dir / "schemas").glob("keda*/*scaledobject*"))
+def test_keda_scaled_object():
     children = rs.render_all(case_s3_keda())
     kinds = [c["kind"] for c in children]
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
@@ -159,9 +164,9 @@ def test_keda_scaled_object(shared_dir):
     assert trigger["type"] == "prometheus"
     assert 'namespace="ml"' in trigger["metadata"]["query"] and "vllm:num_requests_waiting" in trigger["metadata"]["query"]
     assert all(isinstance(v, str) for v in trigger["metadata"].values())
-    if not keda:
-        pytest.skip("no KEDA CRD schema under ../shared/schemas: ScaledObject schema not checked")
-    assert validate_custom(scaled, crd_schema(keda[0], "ScaledObject", "v1alpha1")) == []
+    assert model_errors(scaled) == []
+    scaled["spec"]["minReplicaCount"] = "one"
+    assert model_errors(scaled) == ["spec.minReplicaCount: Input should be a valid integer, unable to parse string as an integer"]
 
 
 def test_every_child_is_labelled_owned_and_deterministic(rendered):
