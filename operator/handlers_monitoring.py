@@ -44,13 +44,18 @@ FTJ_RES = Resource(f"{GROUP}/{VERSION}", "finetunejobs")
 CRONJOB_RES = Resource("batch/v1", "cronjobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 
-DRIFT_SHARE = Gauge("kubetune_drift_share", "Share of drifted signals in the last monitor check.", ["deployment"])
-DRIFT_SCORE = Gauge("kubetune_drift_score", "Drift score per signal in the last monitor check.", ["deployment", "signal"])
-SAFETY_FLAG_RATIO = Gauge("kubetune_safety_flag_ratio", "Share of flagged responses in the monitor window.", ["deployment"])
-MONITOR_SAMPLES = Gauge("kubetune_monitor_samples", "Logged requests in the monitor window.", ["deployment"])
+# `namespace` is the ModelDeployment's: two deployments of one name in two namespaces are two
+# series. The chart's ServiceMonitor keeps it over the scrape target's own (honorLabels).
+DEPLOYMENT_LABELS = ["namespace", "deployment"]
+DRIFT_SHARE = Gauge("kubetune_drift_share", "Share of drifted signals in the last monitor check.", DEPLOYMENT_LABELS)
+DRIFT_SCORE = Gauge("kubetune_drift_score", "Drift score per signal in the last monitor check.",
+                    [*DEPLOYMENT_LABELS, "signal"])
+SAFETY_FLAG_RATIO = Gauge("kubetune_safety_flag_ratio", "Share of flagged responses in the monitor window.",
+                          DEPLOYMENT_LABELS)
+MONITOR_SAMPLES = Gauge("kubetune_monitor_samples", "Logged requests in the monitor window.", DEPLOYMENT_LABELS)
 RETRAINING_JOBS = Counter(
     "kubetune_retraining_jobs_total", "Retraining decisions acted on (retrain: job created; suggest: event).",
-    ["deployment", "decision"],
+    [*DEPLOYMENT_LABELS, "decision"],
 )
 
 _state: dict[str, Any] = {"applied": {}, "signals": {}, "suggested": set()}
@@ -74,28 +79,29 @@ def reset_state() -> None:
 # ----------------------------------------------------------------------------- gauges
 
 
-def export_gauges(name: str, monitoring: Mapping[str, Any] | None) -> None:
+def export_gauges(namespace: str, name: str, monitoring: Mapping[str, Any] | None) -> None:
     """Gauges from status.monitoring; signals that disappeared are removed."""
     monitoring = monitoring or {}
+    key = (namespace, name)
     if monitoring.get("driftShare") is not None:
-        DRIFT_SHARE.labels(deployment=name).set(float(monitoring["driftShare"]))
+        DRIFT_SHARE.labels(*key).set(float(monitoring["driftShare"]))
     if monitoring.get("safetyFlagRatio") is not None:
-        SAFETY_FLAG_RATIO.labels(deployment=name).set(float(monitoring["safetyFlagRatio"]))
+        SAFETY_FLAG_RATIO.labels(*key).set(float(monitoring["safetyFlagRatio"]))
     if monitoring.get("samples") is not None:
-        MONITOR_SAMPLES.labels(deployment=name).set(float(monitoring["samples"]))
+        MONITOR_SAMPLES.labels(*key).set(float(monitoring["samples"]))
     scores = monitoring.get("driftScores") or {}
     for signal, score in scores.items():
-        DRIFT_SCORE.labels(deployment=name, signal=signal).set(float(score))
-    for gone in _state["signals"].get(name, set()) - set(scores):
-        _remove(DRIFT_SCORE, name, gone)
-    _state["signals"][name] = set(scores)
+        DRIFT_SCORE.labels(*key, signal).set(float(score))
+    for gone in _state["signals"].get(key, set()) - set(scores):
+        _remove(DRIFT_SCORE, *key, gone)
+    _state["signals"][key] = set(scores)
 
 
-def forget_gauges(name: str) -> None:
+def forget_gauges(namespace: str, name: str) -> None:
     for gauge in (DRIFT_SHARE, SAFETY_FLAG_RATIO, MONITOR_SAMPLES):
-        _remove(gauge, name)
-    for signal in _state["signals"].pop(name, set()):
-        _remove(DRIFT_SCORE, name, signal)
+        _remove(gauge, namespace, name)
+    for signal in _state["signals"].pop((namespace, name), set()):
+        _remove(DRIFT_SCORE, namespace, name, signal)
 
 
 def _remove(metric: Any, *labels: str) -> None:
@@ -173,7 +179,7 @@ async def act_on_retraining(api: KubeApi, body: Mapping[str, Any]) -> str | None
             return None
         try:
             await api.create(job)
-            RETRAINING_JOBS.labels(deployment=name, decision="retrain").inc()
+            RETRAINING_JOBS.labels(namespace, name, "retrain").inc()
             events.emit(body, "RetrainingStarted", f"created FineTuneJob {job_name}: {request.get('message', '')}")
         except AlreadyExists:
             pass
@@ -195,7 +201,7 @@ def note_suggestion(body: Mapping[str, Any]) -> bool:
     if key in _state["suggested"]:
         return False
     _state["suggested"].add(key)
-    RETRAINING_JOBS.labels(deployment=meta["name"], decision="suggest").inc()
+    RETRAINING_JOBS.labels(meta["namespace"], meta["name"], "suggest").inc()
     events.emit(body, "RetrainingSuggested", cond.get("message") or cond.get("reason", ""))
     return True
 
@@ -205,10 +211,10 @@ def note_suggestion(body: Mapping[str, Any]) -> bool:
 
 @kopf.on.event(*MD)
 async def monitoring_event(event: Mapping[str, Any], body: kopf.Body, memo: Any, **_: Any) -> None:
-    name = body["metadata"]["name"]
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if event.get("type") == "DELETED" or body["metadata"].get("deletionTimestamp"):
-        forget_gauges(name)
-        _state["applied"].pop((body["metadata"]["namespace"], name), None)
+        forget_gauges(namespace, name)
+        _state["applied"].pop((namespace, name), None)
         return
     await _level(dict(body), memo)
 
@@ -222,7 +228,7 @@ async def monitoring_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
 async def _level(body: dict[str, Any], memo: Any) -> None:
     api = api_of(memo)
     status = body.get("status") or {}
-    export_gauges(body["metadata"]["name"], status.get("monitoring"))
+    export_gauges(body["metadata"]["namespace"], body["metadata"]["name"], status.get("monitoring"))
     try:
         await ensure_monitor(api, body, _settings(memo))
         await act_on_retraining(api, body)

@@ -64,6 +64,9 @@ def register(subparsers) -> None:
     gw.add_argument("--api-keys", "--api-keys-file", dest="api_keys", default=_env("API_KEYS_FILE"),
                     help="file with accepted API keys, one per line, re-read on change (unset: no auth)")
     gw.add_argument("--log-dir", default=_env("LOG_DIR"), help="payload log folder (unset: no payload log)")
+    gw.add_argument("--log-instance", default=_env("LOG_INSTANCE") or os.environ.get("POD_NAME"),
+                    help="write the payload log under <log-dir>/<this>, one folder per replica sharing the "
+                         "log volume (default: $POD_NAME, set in the operator's pods; unset: <log-dir> itself)")
     gw.add_argument("--sample-rate", type=float, default=_env("SAMPLE_RATE", "0.1"),
                     help="share of requests written to the payload log (default 0.1)")
     gw.add_argument("--no-redact-pii", "--no-redact", dest="redact_pii", action="store_false",
@@ -91,13 +94,15 @@ def register(subparsers) -> None:
 
 def _gateway_config(args, upstream: str):
     from .gateway import GatewayConfig
+    from .payload_log import instance_log_dir
 
     upstream_key = None
     if args.upstream_api_key_file:
         with open(args.upstream_api_key_file) as fh:
             upstream_key = fh.read().strip()
+    log_dir = instance_log_dir(args.log_dir, args.log_instance) if args.log_dir else None
     return GatewayConfig(
-        upstream=upstream, upstream_api_key=upstream_key, api_keys_file=args.api_keys, log_dir=args.log_dir,
+        upstream=upstream, upstream_api_key=upstream_key, api_keys_file=args.api_keys, log_dir=log_dir,
         sample_rate=args.sample_rate, redact_pii=args.redact_pii, log_max_bytes=args.log_max_bytes,
         log_backups=args.log_backups, safety_scorer=args.safety_scorer, safety_endpoint=args.safety_endpoint,
         safety_action=args.safety_action, max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,

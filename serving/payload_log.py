@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 from collections import OrderedDict, deque
 from datetime import datetime, timezone
@@ -25,6 +26,21 @@ from kubetune.common.pii import redact
 
 log = logging.getLogger("kubetune.serving.payload_log")
 
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def instance_log_dir(log_dir: str, instance: str | None) -> str:
+    """The folder one gateway instance writes to: `<log-dir>/<instance>` (a pod's name).
+
+    Replicas of a ModelDeployment share the payload log claim; each writing its own file keeps
+    lines whole and rotation per writer (renaming a file another process appends to loses lines).
+    The monitor reads `payloads.jsonl*` under the folder recursively, so any layout reads the same.
+    """
+    if not instance:
+        return log_dir
+    if not _INSTANCE.fullmatch(instance) or instance in (".", ".."):
+        raise ValueError(f"--log-instance {instance!r}: expected a pod name (letters, digits, '.', '_', '-')")
+    return str(Path(log_dir) / instance)
 
 
 def rfc3339(ts: float) -> str:

@@ -111,6 +111,8 @@ def test_service_monitor_scrapes_the_metrics_service(integrations_render):
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # The operator's series carry the ModelDeployment's namespace; the scrape must keep it.
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
     (deployment,) = integrations_render.of_kind("Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()

@@ -45,3 +45,24 @@ def model_errors(obj: dict[str, Any]) -> list[str]:
         return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     kept = parsed.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return sorted(e.removeprefix(".") for e in _differences(obj, kept, ""))
+
+
+def served_crd(api_version: str, kind: str) -> dict[str, Any]:
+    """A CustomResourceDefinition that only serves `kind` (for the emulator, which validates
+    nothing): objects keep every field, and `model_errors` is what checks them."""
+    if (api_version, kind) not in MODELS:
+        raise LookupError(f"no typed model for {(api_version, kind)}")
+    group, version = api_version.split("/")
+    plural = kind.lower() + "s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower()},
+            "scope": "Namespaced",
+            "versions": [{"name": version, "served": True, "storage": True, "schema": {
+                "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }

@@ -74,10 +74,12 @@ class RunningEmulator:
     `k8s.emulator` (call its async-unsafe methods through `k8s.call(fn)`).
     """
 
-    def __init__(self, workdir: Path, *, kuberay: bool = True, crd_files: list[Path] | None = None):
+    def __init__(self, workdir: Path, *, kuberay: bool = True, crd_files: list[Path] | None = None,
+                 extra_crds: list[dict[str, Any]] | None = None):
         self.workdir = Path(workdir)
         self.kuberay = kuberay
         self.crd_files = list(crd_files) if crd_files is not None else list(OUR_CRDS)
+        self.extra_crds = list(extra_crds or [])
         self.emulator: KubeEmulator | None = None
         self.url = ""
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -127,7 +129,7 @@ class RunningEmulator:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         emulator = KubeEmulator()
-        for crd in load_crd_files(*self.crd_files):
+        for crd in [*load_crd_files(*self.crd_files), *self.extra_crds]:
             emulator.register_crd(crd)
         if self.kuberay:  # kubetune's own RayJob/RayCluster CRDs: the suite needs nothing outside the repo
             for crd in kuberay_crds():

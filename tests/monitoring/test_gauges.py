@@ -10,17 +10,28 @@ def value(name, **labels):
 
 
 def test_gauges_follow_status_and_forget_gone_signals_and_deployments():
-    hm.export_gauges("gauge-bot", {"driftShare": 0.25, "safetyFlagRatio": 0.02, "samples": 812,
-                                   "driftScores": {"prompt.content": 0.71, "response.length": 0.04}})
-    assert value("kubetune_drift_share", deployment="gauge-bot") == 0.25
-    assert value("kubetune_safety_flag_ratio", deployment="gauge-bot") == 0.02
-    assert value("kubetune_monitor_samples", deployment="gauge-bot") == 812
-    assert value("kubetune_drift_score", deployment="gauge-bot", signal="prompt.content") == 0.71
+    hm.export_gauges("ml", "gauge-bot", {"driftShare": 0.25, "safetyFlagRatio": 0.02, "samples": 812,
+                                         "driftScores": {"prompt.content": 0.71, "response.length": 0.04}})
+    assert value("kubetune_drift_share", namespace="ml", deployment="gauge-bot") == 0.25
+    assert value("kubetune_safety_flag_ratio", namespace="ml", deployment="gauge-bot") == 0.02
+    assert value("kubetune_monitor_samples", namespace="ml", deployment="gauge-bot") == 812
+    assert value("kubetune_drift_score", namespace="ml", deployment="gauge-bot", signal="prompt.content") == 0.71
 
-    hm.export_gauges("gauge-bot", {"driftShare": 0.5, "driftScores": {"prompt.content": 0.8}})
-    assert value("kubetune_drift_share", deployment="gauge-bot") == 0.5
-    assert value("kubetune_drift_score", deployment="gauge-bot", signal="response.length") is None
+    hm.export_gauges("ml", "gauge-bot", {"driftShare": 0.5, "driftScores": {"prompt.content": 0.8}})
+    assert value("kubetune_drift_share", namespace="ml", deployment="gauge-bot") == 0.5
+    assert value("kubetune_drift_score", namespace="ml", deployment="gauge-bot", signal="response.length") is None
 
-    hm.forget_gauges("gauge-bot")
-    assert value("kubetune_drift_share", deployment="gauge-bot") is None
-    assert value("kubetune_drift_score", deployment="gauge-bot", signal="prompt.content") is None
+    hm.forget_gauges("ml", "gauge-bot")
+    assert value("kubetune_drift_share", namespace="ml", deployment="gauge-bot") is None
+    assert value("kubetune_drift_score", namespace="ml", deployment="gauge-bot", signal="prompt.content") is None
+
+
+def test_one_name_in_two_namespaces_is_two_series():
+    hm.export_gauges("team-a", "chat", {"driftShare": 0.1, "driftScores": {"prompt.content": 0.5}})
+    hm.export_gauges("team-b", "chat", {"driftShare": 0.9, "driftScores": {"prompt.content": 0.9}})
+    assert value("kubetune_drift_share", namespace="team-a", deployment="chat") == 0.1
+    assert value("kubetune_drift_share", namespace="team-b", deployment="chat") == 0.9
+    hm.forget_gauges("team-b", "chat")
+    assert value("kubetune_drift_share", namespace="team-b", deployment="chat") is None
+    assert value("kubetune_drift_score", namespace="team-a", deployment="chat", signal="prompt.content") == 0.5
+    hm.forget_gauges("team-a", "chat")

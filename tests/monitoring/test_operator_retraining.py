@@ -122,7 +122,7 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         assert cond(st, "RetrainingRequested")["status"] == "False"  # drift not yet persistent (2 checks)
         from prometheus_client import REGISTRY
 
-        share = wait_for(lambda: REGISTRY.get_sample_value("kubetune_drift_share", {"deployment": "support-bot"}),
+        share = wait_for(lambda: REGISTRY.get_sample_value("kubetune_drift_share", {"namespace": namespace, "deployment": "support-bot"}),
                          30, message="drift share gauge")
         assert share == st["monitoring"]["driftShare"]
 

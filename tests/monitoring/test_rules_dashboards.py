@@ -58,7 +58,7 @@ def queried_names() -> dict[str, set[str]]:
         for var in dash.get("templating", {}).get("list", []):
             query = var.get("query")
             if isinstance(query, dict) and "label_values" in query.get("query", ""):
-                inner = query["query"].split("(", 1)[1].split(",", 1)[0]
+                inner = query["query"].split("(", 1)[1].split(",", 1)[0].split("{", 1)[0]
                 where.setdefault(inner.strip(), set()).add(f"{filename}: variable {var['name']}")
     return where
 

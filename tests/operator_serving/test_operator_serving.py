@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from tests.harness.crd_models import model_errors
 from tests.harness.client import wait_for
 
 from .conftest import dump
@@ -137,6 +138,7 @@ def test_optional_children_follow_the_spec(http, ns, cluster):
     wait_for(lambda: http.get("poddisruptionbudgets", ns, "chat"), 10, message="the PDB")
     monitor = wait_for(lambda: cluster.get("podmonitors", ns, "chat"), 5, message="the PodMonitor")
     assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http", "vllm"}
+    assert model_errors(monitor) == []  # the emulator stores anything; the typed model checks it
     assert "replicas" not in http.get("deployments", ns, "chat-vllm")["spec"]
 
     http.patch("modeldeployments", ns, "chat", {"spec": {"autoscaling": {"enabled": False}, "replicas": 1}})

@@ -61,9 +61,9 @@ class ServeProcess:
 
     READY = re.compile(r"gateway on http://[^:]+:(\d+) -> (http://[^;\s]+)")
 
-    def __init__(self, args: list[str], cwd: Path, timeout: float = 180):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.stderr_path = cwd / "serve.stderr"
+    def __init__(self, args: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.stderr_path = cwd / f"serve-{len(list(cwd.glob('serve*.stderr')))}.stderr"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen([KUBETUNE, "serve", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                      stderr=self._stderr, text=True)
