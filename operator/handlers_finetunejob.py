@@ -25,7 +25,7 @@ from kubetune.api.modeldeployment import Engine as ModelDeploymentEngine
 from . import events, metrics
 from .child_watch import start_child_watches, stop_child_watches
 from .conditions import find_condition, now_rfc3339, status_patch
-from .k8s import KINDS, Invalid, KubeApi, KubeError
+from .k8s import KINDS, Forbidden, Invalid, KubeApi, KubeError
 from .render_common import LABEL_FINETUNEJOB, add_labels
 from .render_rbac import render_rbac
 from .render_training import (
@@ -36,6 +36,8 @@ from .render_training import (
     suspend_owned_by_kueue,
     workload_name,
 )
+from .shared_storage import CONDITION as SHARED_STORAGE
+from .shared_storage import needs_shared_claims, shared_storage_condition, writable_claims
 from .status_training import Observed, desired_status, rejected_status
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,26 @@ async def _deployment_max_lora_rank(api: KubeApi, namespace: str, spec: FineTune
     return int(engine.get("maxLoraRank", ModelDeploymentEngine().max_lora_rank))
 
 
+def _start_storage_check(api: KubeApi, body: Mapping[str, Any], job: FineTuneJob) -> asyncio.Future | None:
+    """Read the writable claims beside the workload's create (not before it: no added latency),
+    while SharedStorage is not yet True; access modes never change, so one True answer holds."""
+    claims = writable_claims(job)
+    current = find_condition((body.get("status") or {}).get("conditions"), SHARED_STORAGE)
+    if not claims or not needs_shared_claims(job) or (current is not None and current.get("status") == "True"):
+        return None
+    namespace = body["metadata"]["namespace"]
+
+    async def check() -> dict[str, Any] | None:
+        try:
+            found = await asyncio.gather(*(api.get(KINDS["PersistentVolumeClaim"], namespace, c) for c in claims))
+        except Forbidden as exc:  # a cluster that withholds claims from the operator: no verdict
+            log.info("%s/%s: claims not readable (%s); SharedStorage not checked", namespace, body["metadata"]["name"], exc)
+            return None
+        return shared_storage_condition(job, dict(zip(claims, found)))
+
+    return asyncio.ensure_future(check())
+
+
 async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     """Converge one FineTuneJob: validate, render, apply children, then sync status."""
     meta = body["metadata"]
@@ -240,6 +262,7 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
     workload_apply = asyncio.ensure_future(api.apply(add_labels(render_workload(owner, job, memo.settings), extra_labels),
                                                      priority=0, create_only=workload_create_only(owner, spec)))
     await asyncio.sleep(0)  # let it reach the API queue before rendering the rest
+    storage_check = _start_storage_check(api, body, job)
     max_lora_rank = await _deployment_max_lora_rank(api, meta["namespace"], spec)
     others = [add_labels(child, extra_labels)
               for child in (render_config_map(owner, job, max_lora_rank=max_lora_rank), *render_rbac(owner))]
@@ -263,6 +286,12 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         extra.append({"type": UPDATE_REJECTED, "status": "True", "reason": "ChildUpdateRejected",
                       "message": "the API server refused to update a child, which keeps its previous spec: "
                       + "; ".join(e.message for e in refused_updates)})
+    if storage_check is not None:
+        storage = await storage_check
+        if storage is not None:
+            extra.append(storage)
+            if storage["status"] == "False":
+                events.emit(body, "StorageNotShared", storage["message"], warning=True)
     if isinstance(results[0], BaseException):
         results = [(await api.get(KINDS[spec.engine], meta["namespace"], workload_name(meta["name"], spec.engine)), False)]
     workload, created = results[0]
