@@ -70,6 +70,10 @@ def _fetch_remote(uri: str, tmp: Path) -> int:
         raise FetchError(f"{uri}: reading s3:// needs the s3fs package ({exc})") from exc
     if not fs.exists(root):
         raise FetchError(f"{uri}: not found (check the bucket, prefix and credentials)")
+    unfinished = _unfinished_artifact(fs, root)
+    if unfinished:
+        raise FetchError(f"{uri}: the kubetune artifact at s3://{unfinished} has no manifest.json yet: it is being "
+                         "uploaded (or its upload failed); the manifest is written last, after every file")
     tmp.mkdir(parents=True)
     if fs.isdir(root):
         files = [f for f in fs.find(root) if not fs.isdir(f)]
@@ -80,6 +84,15 @@ def _fetch_remote(uri: str, tmp: Path) -> int:
         return len(files)
     fs.get_file(root, str(tmp / Path(root).name))
     return 1
+
+
+def _unfinished_artifact(fs, root: str) -> str | None:
+    """The artifact folder (this one or its parent, for `<artifact>/adapter`) that a trainer has
+    started publishing but not finished: evaluation.json is there, manifest.json is not."""
+    for folder in (root, str(Path(root).parent)):
+        if fs.exists(f"{folder}/evaluation.json") and not fs.exists(f"{folder}/manifest.json"):
+            return folder
+    return None
 
 
 def run_fetch(args: argparse.Namespace) -> int:

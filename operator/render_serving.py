@@ -67,6 +67,8 @@ class ServingSettings:
     """PVC for gateway payload logs (read by the monitor job); unset: an emptyDir."""
     s3_credentials_secret: str | None = None
     """Secret with AWS_* variables for the fetch init container."""
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO...) for the fetch init container (AWS_ENDPOINT_URL_S3)."""
     shm_size: str = "2Gi"
     startup_timeout_seconds: int = 1800
     resync_seconds: float = 30.0
@@ -112,6 +114,7 @@ class ServingSettings:
             model_cache_claim=get("KUBETUNE_MODEL_CACHE_PVC", default.model_cache_claim),
             payload_log_claim=get("KUBETUNE_PAYLOAD_LOG_CLAIM", default.payload_log_claim),
             s3_credentials_secret=get("KUBETUNE_S3_SECRET", default.s3_credentials_secret),
+            s3_endpoint_url=get("KUBETUNE_S3_ENDPOINT_URL", default.s3_endpoint_url),
             shm_size=get("KUBETUNE_SERVING_SHM_SIZE", default.shm_size),
             startup_timeout_seconds=get("KUBETUNE_SERVING_STARTUP_SECONDS", default.startup_timeout_seconds),
             resync_seconds=_float(env, "KUBETUNE_SERVING_RESYNC_SECONDS", env.get("KUBETUNE_RESYNC_SECONDS") or "30"),
@@ -451,6 +454,8 @@ def _fetch_containers(storage: _Storage, settings: ServingSettings) -> list[dict
         }
         if settings.s3_credentials_secret:
             container["envFrom"] = [{"secretRef": {"name": settings.s3_credentials_secret}}]
+        if settings.s3_endpoint_url:
+            container["env"] = [{"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint_url}]
         out.append(container)
     return out
 

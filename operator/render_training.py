@@ -123,6 +123,24 @@ def pvc_claims(job: FineTuneJob) -> dict[str, bool]:
     return dict(sorted(claims.items()))
 
 
+def uses_s3(job: FineTuneJob) -> bool:
+    """Whether any URI of the job is on S3 (its pods then get the S3 credentials and endpoint)."""
+    spec = job.spec
+    safety = spec.evaluation.safety
+    uris = [spec.base_model.uri, *(d.uri for d in spec.datasets), spec.output.uri,
+            spec.checkpointing.uri or "", spec.evaluation.prompts_uri or "", safety.prompt_set if safety else ""]
+    return any(uri.startswith("s3://") for uri in uris)
+
+
+def _s3_env(job: FineTuneJob, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, envFrom) for S3: the credentials Secret by reference, never its values."""
+    if not uses_s3(job):
+        return [], []
+    env = [{"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint_url}] if settings.s3_endpoint_url else []
+    env_from = [{"secretRef": {"name": settings.s3_credentials_secret}}] if settings.s3_credentials_secret else []
+    return env, env_from
+
+
 def _volumes(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> tuple[list[dict], list[dict]]:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(body["metadata"]["name"])}},
@@ -165,6 +183,7 @@ def _env(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> list[
             env.append({"name": "KUBETUNE_COMPILE_BLOCKS", "value": "1"})
     if settings.trainer_forward_tokens is not None:
         env.append({"name": "KUBETUNE_FORWARD_TOKENS", "value": str(settings.trainer_forward_tokens)})
+    env.extend(_s3_env(job, settings)[0])
     return env
 
 
@@ -198,6 +217,9 @@ def _pod_spec(
         # Ray, HF and torch write only under /tmp (HOME) and /dev/shm, both emptyDirs.
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
     }
+    env_from = _s3_env(job, settings)[1]
+    if env_from:
+        container["envFrom"] = env_from
     if command:
         container["command"] = command
     spec: dict[str, Any] = {

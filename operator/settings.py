@@ -111,6 +111,23 @@ def _labels(env: Mapping[str, str], name: str) -> dict[str, str]:
     return labels
 
 
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _secret_name(env: Mapping[str, str], name: str) -> str:
+    value = (env.get(name) or "").strip()
+    if value and not _DNS_SUBDOMAIN.fullmatch(value):
+        raise SettingsError(f"{name}={value!r}: not a Secret name (lower-case letters, digits, '-', '.')")
+    return value
+
+
+def _endpoint(env: Mapping[str, str], name: str) -> str:
+    value = (env.get(name) or "").strip()
+    if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise SettingsError(f"{name}={value!r}: expected an http(s) URL such as http://minio.storage:9000")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator is configured with; `from_env()` builds it."""
@@ -163,6 +180,13 @@ class Settings:
     """Most tokens one training forward holds, in every training pod (KUBETUNE_TRAINER_FORWARD_TOKENS:
     auto, 0 for no limit, or a count); None (auto) leaves the trainer's default: 1024 on CPU, no
     limit on GPUs."""
+    s3_credentials_secret: str = ""
+    """Secret whose AWS_* keys become the environment of pods that read or write s3:// URIs
+    (KUBETUNE_S3_SECRET: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optionally AWS_SESSION_TOKEN,
+    AWS_REGION); empty: the pods' own identity (e.g. a cloud workload identity)."""
+    s3_endpoint_url: str = ""
+    """Endpoint of an S3-compatible store such as MinIO (KUBETUNE_S3_ENDPOINT_URL), set as
+    AWS_ENDPOINT_URL_S3 in those pods; empty: AWS S3."""
 
     @property
     def clusterwide(self) -> bool:
@@ -203,4 +227,6 @@ class Settings:
             trainer_gpu_attention=attention,
             trainer_gpu_compile_blocks=_bool(env, "KUBETUNE_TRAINER_COMPILE_BLOCKS", False),
             trainer_forward_tokens=_forward_tokens(env, "KUBETUNE_TRAINER_FORWARD_TOKENS"),
+            s3_credentials_secret=_secret_name(env, "KUBETUNE_S3_SECRET"),
+            s3_endpoint_url=_endpoint(env, "KUBETUNE_S3_ENDPOINT_URL"),
         )

@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"kubetune train: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        result = run(job, output=output_dir, local=local, sinks=[sinks], base_dir=path.resolve().parent)
+        result = run(job, output=args.output, local=local, sinks=[sinks], base_dir=path.resolve().parent)
     except TrainerConfigError as exc:
         print(f"kubetune train: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -96,5 +96,6 @@ def run_train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         sinks.close()
-    print(f"artifact written to {result.output_dir}")
+    published = args.output is None and job.spec.output.uri.startswith("s3://")
+    print(f"artifact written to {job.spec.output.uri if published else result.output_dir}")
     return EXIT_OK

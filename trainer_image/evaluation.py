@@ -256,9 +256,9 @@ def load_prompt_file(uri: str) -> list[dict]:
     import json
     from pathlib import Path
 
-    from kubetune.api.uris import local_path
+    from .model_init import local_file
 
-    path = Path(local_path(uri))
+    path = Path(local_file(uri, "spec.evaluation.promptsUri"))
     if not path.is_file():
         raise ValueError(f"evaluation.promptsUri: {uri!r} ({path}) is not a file")
     rows = []

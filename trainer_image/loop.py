@@ -22,6 +22,7 @@ from typing import Any
 from kubetune.api.finetunejob import FineTuneJobSpec, HftConfig, Hyperparameters
 
 from . import checkpoint as ckpt
+from . import checkpoint_remote
 from . import methods, methods_hft, model_init, objectives
 from .errors import TrainerConfigError
 from .progress import ThroughputMeter, make_progress
@@ -60,6 +61,12 @@ class LoopConfig:
     micro-batch above it runs as several forwards of whole rows into the same gradient, and a
     single row wider than the budget is a forward of its own. None: FORWARD_TOKENS_CPU on CPU,
     no limit on GPUs; 0: no limit."""
+    checkpoint_remote: str | None = None
+    """s3:// mirror of checkpoint_dir (spec.checkpointing.uri): rank 0 uploads every checkpoint,
+    every rank pulls the newest one before resuming (checkpoint_remote.py)."""
+    model_source: str | None = None
+    """s3:// URI of the base model when model_dir is a local copy of it: a worker on another pod
+    fetches its own copy to the same path."""
 
 
 @dataclass
@@ -381,8 +388,8 @@ class _WorkerRun:
         if (self.attention, self.compile_blocks) != (cfg.attention, cfg.compile_blocks) and self.rank == 0:
             log.warning("attention=%s compile_blocks=%s apply on GPUs only; using sdpa without compile on %s",
                         cfg.attention, cfg.compile_blocks, self.device)
-        model = model_init.load_model(self.spec, Path(cfg.model_dir), device=self.device,
-                                      attn_implementation=self.attention)
+        model = model_init.load_model(self.spec, model_init.worker_model_dir(cfg.model_dir, cfg.model_source),
+                                      device=self.device, attn_implementation=self.attention)
         seed_all(self.seed)  # adapter init is identical on every worker and in every (resumed) run
         self.model = methods.apply_method(model, self.spec)
         self.model.train()
@@ -426,6 +433,8 @@ class _WorkerRun:
 
     def resume(self) -> tuple[int, list[float], ckpt.CheckpointRef | None]:
         """Load the newest complete checkpoint, if any; returns (start step, losses so far, it)."""
+        if self.cfg.checkpoint_remote:
+            checkpoint_remote.pull_latest(self.cfg.checkpoint_remote, self.cfg.checkpoint_dir)
         latest = ckpt.latest_checkpoint(self.cfg.checkpoint_dir)
         saved_optimizer, start, losses = None, 0, []
         if latest is not None:
@@ -572,6 +581,8 @@ class _WorkerRun:
                 },
                 keep_last=self.spec.checkpointing.keep_last,
             )
+            if self.cfg.checkpoint_remote:
+                checkpoint_remote.publish(ref, self.cfg.checkpoint_remote, keep_last=self.spec.checkpointing.keep_last)
         barrier()
         return ref
 

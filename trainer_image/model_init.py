@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.api.uris import local_path
+from kubetune.common import object_store
 
 from .errors import TrainerConfigError
 
@@ -20,14 +23,45 @@ log = logging.getLogger(__name__)
 QLORA_NEEDS_GPU = "qlora needs a CUDA GPU; use method lora on CPU"
 
 
+def remote_cache_root() -> Path:
+    """Where s3:// models and checkpoints are copied in this pod (KUBETUNE_REMOTE_CACHE; /tmp by default)."""
+    return Path(os.environ.get("KUBETUNE_REMOTE_CACHE") or Path(tempfile.gettempdir()) / "kubetune-remote")
+
+
+def _fetch_model(uri: str) -> Path:
+    try:
+        return object_store.cached_copy(uri, remote_cache_root() / "models")
+    except object_store.ObjectStoreError as exc:
+        raise TrainerConfigError(f"spec.baseModel.uri {uri!r}: {exc}") from exc
+
+
+def local_file(uri: str, field: str) -> Path:
+    """Where a data file (prompts, a probe set) is on this pod; s3:// files are copied here first."""
+    if not object_store.is_remote(uri):
+        return Path(local_path(uri))
+    try:
+        return object_store.cached_copy(uri, remote_cache_root() / "files") / Path(uri.rstrip("/")).name
+    except object_store.ObjectStoreError as exc:
+        raise TrainerConfigError(f"{field} {uri!r}: {exc}") from exc
+
+
+def worker_model_dir(model_dir: str, source: str | None) -> Path:
+    """The model folder on a training worker: the driver's, or this pod's own copy of `source`."""
+    path = Path(model_dir)
+    if source and not path.is_dir():
+        return _fetch_model(source)
+    return path
+
+
 def resolve_model_dir(spec: FineTuneJobSpec, base_dir: Path | None = None) -> Path:
     """The local folder of spec.baseModel.uri, checked to look like a Hugging Face model.
 
-    A relative path is tried as given, then relative to `base_dir` (the job file's folder).
+    A relative path is tried as given, then relative to `base_dir` (the job file's folder); an
+    s3:// model is copied into this pod first (once: the copy is reused by a restarted run).
     """
     uri = spec.base_model.uri
     try:
-        path = Path(local_path(uri))
+        path = _fetch_model(uri) if object_store.is_remote(uri) else Path(local_path(uri))
     except ValueError as exc:
         raise TrainerConfigError(
             f"spec.baseModel.uri {uri!r}: {exc}; copy the model to a PVC or the model cache first"

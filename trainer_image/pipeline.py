@@ -18,8 +18,9 @@ from typing import Any
 
 from kubetune.api.finetunejob import ADAPTER_METHODS, MAX_LORA_RANK_ANNOTATION, FineTuneJob
 from kubetune.api.uris import local_path
+from kubetune.common import object_store
 
-from . import methods, model_init
+from . import checkpoint_remote, methods, model_init
 from .allocator import worker_allocator_env
 from .errors import TrainerConfigError
 from .loop import LoopConfig, LoopResult, forward_tokens_from_env, gpu_options_from_env, train_loop
@@ -39,25 +40,57 @@ class PipelineResult:
     training: LoopResult
 
 
+def _staging(kind: str, job: FineTuneJob) -> Path:
+    """A local folder standing in for an s3:// location in this pod (uploaded from there)."""
+    meta = job.metadata or {}
+    return model_init.remote_cache_root() / kind / f"{meta.get('namespace') or 'local'}-{meta.get('name') or 'job'}"
+
+
 def output_dir_of(job: FineTuneJob, output: Path | None) -> Path:
+    """Where export writes the artifact here; for an s3:// output, a local folder published after."""
     if output is not None:
         return Path(output)
+    if object_store.is_remote(job.spec.output.uri):
+        return _staging("output", job)
     try:
         return Path(local_path(job.spec.output.uri))
     except ValueError as exc:
         raise TrainerConfigError(
-            f"spec.output.uri {job.spec.output.uri!r}: {exc}; use a local path, file:// or pvc:// (or --output DIR)"
+            f"spec.output.uri {job.spec.output.uri!r}: {exc}; use a local path, file://, pvc:// or s3:// (or --output DIR)"
         ) from exc
 
 
 def checkpoint_dir_of(job: FineTuneJob, output_dir: Path) -> Path:
+    """Where checkpoints are written here; for s3:// checkpointing a local folder mirrored there."""
     uri = job.spec.checkpointing.uri
     if uri is None:
         return output_dir / "checkpoints"
+    if object_store.is_remote(uri):
+        return _staging("checkpoints", job)
     try:
         return Path(local_path(uri))
     except ValueError as exc:
-        raise TrainerConfigError(f"spec.checkpointing.uri {uri!r}: {exc}; use a local path, file:// or pvc://") from exc
+        raise TrainerConfigError(f"spec.checkpointing.uri {uri!r}: {exc}; use a local path, file://, pvc:// or s3://") from exc
+
+
+def checkpoint_remote_of(job: FineTuneJob) -> str | None:
+    uri = job.spec.checkpointing.uri
+    return uri.rstrip("/") if object_store.is_remote(uri) else None
+
+
+def publish_output(job: FineTuneJob, output_dir: Path, log_fn=log.info) -> None:
+    """Upload the exported artifact to its s3:// URI, manifest.json last: a reader that finds
+    the manifest finds every file it lists."""
+    uri = job.spec.output.uri
+    if not object_store.is_remote(uri):
+        return
+    from .manifest import MANIFEST_FILE
+
+    try:
+        count = object_store.upload_tree(output_dir, uri, last=(MANIFEST_FILE,))
+    except object_store.ObjectStoreError as exc:
+        raise TrainerConfigError(f"spec.output.uri: {exc}; the artifact is kept in {output_dir}") from exc
+    log_fn(f"export: {count} files published to {uri} (manifest.json last)")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -86,7 +119,7 @@ def _check_eval_prompts_file(job: FineTuneJob) -> None:
     if uri is None:
         return
     try:
-        path = Path(local_path(uri))
+        path = model_init.local_file(uri, "spec.evaluation.promptsUri")
     except ValueError as exc:
         raise TrainerConfigError(f"spec.evaluation.promptsUri {uri!r}: {exc}") from exc
     if not path.is_file():
@@ -214,7 +247,8 @@ def train(
     cfg = LoopConfig(
         spec=spec, model_dir=str(model_dir), train=train_samples, checkpoint_dir=str(checkpoint_dir),
         pad_id=pad_id, sink=sink, fail_after_step=fail_after_step, **gpu_options_from_env(os.environ),
-        forward_tokens=forward_tokens_from_env(os.environ),
+        forward_tokens=forward_tokens_from_env(os.environ), checkpoint_remote=checkpoint_remote_of(job),
+        model_source=spec.base_model.uri if object_store.is_remote(spec.base_model.uri) else None,
     )
     workers = spec.resources.workers
     if not use_ray:
@@ -321,8 +355,12 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> P
         job, model_dir=model_dir, train_samples=data.train, pad_id=tokenizer.pad_token_id,
         checkpoint_dir=checkpoint_dir, local=local, sink=sink, use_ray=use_ray,
     )
+    remote = checkpoint_remote_of(job)
+    if remote:  # rank 0 may have run in another pod: take the final checkpoint from S3
+        pulled = checkpoint_remote.pull_latest(remote, checkpoint_dir)
+        result.checkpoint = str(pulled.path) if pulled else ""
     if not result.checkpoint:
-        raise TrainingFailedError(f"training finished but no checkpoint is in {checkpoint_dir}")
+        raise TrainingFailedError(f"training finished but no checkpoint is in {remote or checkpoint_dir}")
 
     sink.on_phase("Evaluating", f"{len(data.validation)} validation samples")
     device = "cuda" if model_init.cuda_available() else "cpu"
@@ -341,5 +379,7 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> P
         model=model, tokenizer=tokenizer, job=job, output_dir=output_dir, evaluation=report,
         prepared=data, base_model_dir=model_dir, log=log.info, max_lora_rank=deployment_max_lora_rank(job),
     )
+    if output is None:  # --output DIR replaces the spec's destination: nothing to publish
+        publish_output(job, output_dir)
     sink.on_result(status)
     return PipelineResult(output_dir=output_dir, status=status, training=result)

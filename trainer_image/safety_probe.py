@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from kubetune.api.uris import local_path
 from kubetune.common.safety import SafetyScorer, is_refusal
 
 BUILTIN = "builtin"
@@ -47,7 +46,9 @@ def load_probe_prompts(prompt_set: str = BUILTIN) -> list[dict]:
     if prompt_set == BUILTIN:
         text = resources.files("kubetune.trainer").joinpath(BUILTIN_FILE).read_text(encoding="utf-8")
         return _parse_lines(text.splitlines(), BUILTIN_FILE)
-    path = Path(local_path(prompt_set))
+    from .model_init import local_file
+
+    path = local_file(prompt_set, "spec.evaluation.safety.promptSet")
     if not path.is_file():
         raise ProbeSetError(f"evaluation.safety.promptSet: {prompt_set!r} ({path}) is not a file")
     return _parse_lines(path.read_text(encoding="utf-8").splitlines(), str(path))

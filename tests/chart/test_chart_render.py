@@ -153,6 +153,8 @@ def test_operator_settings_reach_the_container(integrations_render):
     assert env["KUBETUNE_PROMETHEUS_MONITOR"] == "true"
     assert env["KUBETUNE_NAMESPACES"] == ""
     assert env["KUBETUNE_LOG_LEVEL"] == "debug"
+    assert env["KUBETUNE_S3_SECRET"] == "s3-credentials"
+    assert env["KUBETUNE_S3_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
     assert container["image"] == "registry.example.com:5000/platform/kubetune/operator@sha256:" + "0123456789abcdef" * 4
     assert env["KUBETUNE_TRAINER_IMAGE"] == "registry.example.com:5000/platform/kubetune/trainer:0.1.0-cpu"
     assert env["KUBETUNE_GATEWAY_IMAGE"] == "registry.example.com:5000/platform/kubetune/gateway@sha256:" + "fedcba9876543210" * 4

@@ -257,3 +257,30 @@ def test_every_training_container_is_locked_down_and_shell_free(case):
         emptydirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
         writable = {m["mountPath"] for m in container["volumeMounts"] if m["name"] in emptydirs}
         assert {"/tmp", "/dev/shm", env["HOME"]} <= writable
+
+
+def test_s3_jobs_get_the_credentials_secret_by_reference_and_the_endpoint():
+    settings = Settings.from_env({"KUBETUNE_S3_SECRET": "s3-credentials",
+                                  "KUBETUNE_S3_ENDPOINT_URL": "http://minio.storage.svc:9000"})
+    doc = body(spec={**minimal_spec(), "output": {"uri": "s3://artifacts/support-lora"}})
+    rayjob = render_workload(doc, FineTuneJob.model_validate(doc), settings)
+    spec = rayjob["spec"]
+    pods = [spec["rayClusterSpec"]["headGroupSpec"]["template"], spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"],
+            spec["submitterPodTemplate"]]
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage.svc:9000"
+        assert not any(k.startswith("AWS_SECRET") for k in env)
+    doc = body(spec=minimal_spec())  # pvc:// only: no S3 access at all
+    (container,) = render_workload(doc, FineTuneJob.model_validate(doc), settings)["spec"]["rayClusterSpec"][
+        "workerGroupSpecs"][0]["template"]["spec"]["containers"]
+    assert "envFrom" not in container and "AWS_ENDPOINT_URL_S3" not in {e["name"] for e in container["env"]}
+
+
+@pytest.mark.parametrize(("name", "value"), [("KUBETUNE_S3_SECRET", "Not_A_Name"),
+                                             ("KUBETUNE_S3_ENDPOINT_URL", "minio:9000")])
+def test_bad_s3_settings_name_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
