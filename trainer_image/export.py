@@ -131,6 +131,8 @@ def _fix_adapter_files(adapter_dir: Path, *, base_uri: str, vocab_changed: bool)
     config["base_model_name_or_path"] = base_uri
     if not vocab_changed:
         config["modules_to_save"] = None
+    if isinstance(config.get("target_modules"), list):  # peft writes a set: order follows the hash seed
+        config["target_modules"] = sorted(config["target_modules"])
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     weights = adapter_dir / "adapter_model.safetensors"
     if not weights.is_file():

@@ -28,9 +28,16 @@ def remote_cache_root() -> Path:
     return Path(os.environ.get("KUBETUNE_REMOTE_CACHE") or Path(tempfile.gettempdir()) / "kubetune-remote")
 
 
-def _fetch_model(uri: str) -> Path:
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt")
+
+
+def _fetch_model(uri: str, *, weights: bool = True) -> Path:
+    """This pod's copy of an s3:// model: whole, or without its weights (the driver only needs
+    config.json and the tokenizer, and runs on a small head pod)."""
     try:
-        return object_store.cached_copy(uri, remote_cache_root() / "models")
+        if weights:
+            return object_store.cached_copy(uri, remote_cache_root() / "models")
+        return object_store.cached_copy(uri, remote_cache_root() / "model-configs", skip_suffixes=WEIGHT_SUFFIXES)
     except object_store.ObjectStoreError as exc:
         raise TrainerConfigError(f"spec.baseModel.uri {uri!r}: {exc}") from exc
 
@@ -46,22 +53,21 @@ def local_file(uri: str, field: str) -> Path:
 
 
 def worker_model_dir(model_dir: str, source: str | None) -> Path:
-    """The model folder on a training worker: the driver's, or this pod's own copy of `source`."""
-    path = Path(model_dir)
-    if source and not path.is_dir():
-        return _fetch_model(source)
-    return path
+    """The model folder where weights are loaded: the driver's path, or for an s3:// model
+    (`source`) this pod's own whole copy."""
+    return _fetch_model(source) if source else Path(model_dir)
 
 
-def resolve_model_dir(spec: FineTuneJobSpec, base_dir: Path | None = None) -> Path:
+def resolve_model_dir(spec: FineTuneJobSpec, base_dir: Path | None = None, *, weights: bool = True) -> Path:
     """The local folder of spec.baseModel.uri, checked to look like a Hugging Face model.
 
     A relative path is tried as given, then relative to `base_dir` (the job file's folder); an
-    s3:// model is copied into this pod first (once: the copy is reused by a restarted run).
+    s3:// model is copied into this pod first (once: the copy is reused by a restarted run),
+    without its weights when `weights` is false.
     """
     uri = spec.base_model.uri
     try:
-        path = _fetch_model(uri) if object_store.is_remote(uri) else Path(local_path(uri))
+        path = _fetch_model(uri, weights=weights) if object_store.is_remote(uri) else Path(local_path(uri))
     except ValueError as exc:
         raise TrainerConfigError(
             f"spec.baseModel.uri {uri!r}: {exc}; copy the model to a PVC or the model cache first"

@@ -8,6 +8,7 @@ restarted run resumes from.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from kubetune.api.finetunejob import ADAPTER_METHODS, MAX_LORA_RANK_ANNOTATION, 
 from kubetune.api.uris import local_path
 from kubetune.common import object_store
 
-from . import checkpoint_remote, methods, model_init
+from . import methods, model_init
 from .allocator import worker_allocator_env
 from .errors import TrainerConfigError
 from .loop import LoopConfig, LoopResult, forward_tokens_from_env, gpu_options_from_env, train_loop
@@ -164,7 +165,7 @@ def preflight(job: FineTuneJob, *, base_dir: Path | None = None, cuda: bool | No
     check_lora_rank(job)
     gpu_options_from_env(os.environ)  # a typo in the trainer's environment fails in seconds
     forward_tokens_from_env(os.environ)
-    model_dir = model_init.resolve_model_dir(spec, base_dir)
+    model_dir = model_init.resolve_model_dir(spec, base_dir, weights=False)  # weights load on the workers
     methods.check_method(spec, _read_model_config(model_dir))
     model_init.check_hardware(spec, cuda=cuda)
     _check_eval_prompts_file(job)
@@ -324,9 +325,10 @@ def run(
     sink = FanOutSink(list(sinks) if isinstance(sinks, (list, tuple)) else [sinks])
     started_ray = False
     try:
-        if use_ray and not local:
-            started_ray = _connect_ray(False, job.spec.resources.workers)
-            cuda = _gpus_available(False)
+        if use_ray:  # connected for the whole run: training, then evaluation and export on a worker
+            workers = job.spec.resources.workers
+            started_ray = _connect_ray(local, workers, worker_allocator_env(os.environ) if local else None)
+            cuda = _gpus_available(local)
         else:
             cuda = model_init.cuda_available()
         return _run(job, output=output, local=local, sink=sink, base_dir=base_dir, use_ray=use_ray, cuda=cuda)
@@ -338,7 +340,6 @@ def run(
 
 
 def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> PipelineResult:
-    from . import evaluation, export
     from .errors import TrainingFailedError
 
     spec = job.spec
@@ -355,31 +356,24 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> P
         job, model_dir=model_dir, train_samples=data.train, pad_id=tokenizer.pad_token_id,
         checkpoint_dir=checkpoint_dir, local=local, sink=sink, use_ray=use_ray,
     )
-    remote = checkpoint_remote_of(job)
-    if remote:  # rank 0 may have run in another pod: take the final checkpoint from S3
-        pulled = checkpoint_remote.pull_latest(remote, checkpoint_dir)
-        result.checkpoint = str(pulled.path) if pulled else ""
+    remote = checkpoint_remote_of(job)  # the finishing task pulls it when rank 0 ran in another pod
     if not result.checkpoint:
         raise TrainingFailedError(f"training finished but no checkpoint is in {remote or checkpoint_dir}")
 
     sink.on_phase("Evaluating", f"{len(data.validation)} validation samples")
-    device = "cuda" if model_init.cuda_available() else "cpu"
-    model = load_trained_model(job, model_dir, result.checkpoint, device=device)
+    from .finish import FinishInput, run_finish
 
-    def base_model_fn():
-        return model_init.load_model(spec, model_dir, device=device).eval()
-
-    report = evaluation.evaluate_job(
-        spec, tokenizer, tuned_model=model, base_model_fn=base_model_fn,
-        validation=validation_for_eval(data.validation), log=log.info,
-        eval_prompts=data.eval_prompts or None,  # used when the spec names no prompts of its own
+    use_gpu = spec.resources.gpus_per_worker > 0 and (_gpus_available(local) if use_ray else cuda)
+    status = run_finish(
+        FinishInput(
+            job=job, model_dir=str(model_dir), checkpoint=result.checkpoint, checkpoint_remote=remote,
+            model_source=spec.base_model.uri if object_store.is_remote(spec.base_model.uri) else None,
+            prepared=dataclasses.replace(data, train=[]), output_dir=str(output_dir),
+            publish=output is None,  # --output DIR replaces the spec's destination: nothing to publish
+            max_lora_rank=deployment_max_lora_rank(job), sink=sink,
+        ),
+        use_ray=use_ray, use_gpu=use_gpu,
+        cpus=_cpus_per_worker(local, spec.resources.workers, spec.resources.cpu) if use_ray else 1,
     )
-    sink.on_phase("Exporting", str(output_dir))
-    status = export.export_artifact(
-        model=model, tokenizer=tokenizer, job=job, output_dir=output_dir, evaluation=report,
-        prepared=data, base_model_dir=model_dir, log=log.info, max_lora_rank=deployment_max_lora_rank(job),
-    )
-    if output is None:  # --output DIR replaces the spec's destination: nothing to publish
-        publish_output(job, output_dir)
     sink.on_result(status)
     return PipelineResult(output_dir=output_dir, status=status, training=result)

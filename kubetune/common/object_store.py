@@ -82,10 +82,11 @@ def list_dirs(uri: str) -> list[str]:
         raise _wrap(uri, exc) from exc
 
 
-def download_tree(uri: str, dest: Path) -> int:
+def download_tree(uri: str, dest: Path, *, skip_suffixes: Sequence[str] = ()) -> int:
     """Copy the folder (or file) at `uri` to `dest` atomically; returns the number of files.
 
-    When `dest` appears meanwhile (another process on the same disk fetched it), that copy is kept.
+    Files ending in `skip_suffixes` are left out. When `dest` appears meanwhile (another process
+    on the same disk fetched it), that copy is kept.
     """
     fs, root = filesystem(uri)
     dest = Path(dest)
@@ -97,7 +98,7 @@ def download_tree(uri: str, dest: Path) -> int:
             raise ObjectStoreError(f"{uri}: not found (check the bucket, prefix and credentials)")
         tmp.mkdir()
         if fs.isdir(root):
-            files = [f for f in fs.find(root) if not fs.isdir(f)]
+            files = [f for f in fs.find(root) if not fs.isdir(f) and not f.endswith(tuple(skip_suffixes))]
             for remote in files:
                 local = tmp / Path(remote).relative_to(Path(root))
                 local.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +120,12 @@ def download_tree(uri: str, dest: Path) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cached_copy(uri: str, cache_root: Path) -> Path:
+def cached_copy(uri: str, cache_root: Path, *, skip_suffixes: Sequence[str] = ()) -> Path:
     """A local copy of a remote folder under `cache_root`, named by the URI: fetched once per disk."""
     digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     dest = Path(cache_root) / f"{Path(uri.rstrip('/')).name}-{digest}"
     if not dest.is_dir():
-        download_tree(uri, dest)
+        download_tree(uri, dest, skip_suffixes=skip_suffixes)
     return dest
 
 
