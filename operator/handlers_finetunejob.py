@@ -194,11 +194,11 @@ async def _deployment_max_lora_rank(api: KubeApi, namespace: str, spec: FineTune
 
 def _start_storage_check(api: KubeApi, body: Mapping[str, Any], job: FineTuneJob) -> asyncio.Future | None:
     """Read the writable claims beside the workload's create (not before it: no added latency),
-    while SharedStorage is not yet True; access modes never change, so one True answer holds."""
+    until SharedStorage has an answer other than ClaimNotFound."""
     claims = writable_claims(job)
     current = find_condition((body.get("status") or {}).get("conditions"), SHARED_STORAGE)
-    if not claims or not needs_shared_claims(job) or (current is not None and current.get("status") == "True"):
-        return None
+    if not claims or not needs_shared_claims(job) or (current is not None and current.get("reason") != "ClaimNotFound"):
+        return None  # access modes never change: one answer holds; a missing claim may appear
     namespace = body["metadata"]["namespace"]
 
     async def check() -> dict[str, Any] | None:
@@ -290,8 +290,9 @@ async def reconcile(api: KubeApi, memo: Any, body: Mapping[str, Any]) -> None:
         storage = await storage_check
         if storage is not None:
             extra.append(storage)
-            if storage["status"] == "False":
-                events.emit(body, "StorageNotShared", storage["message"], warning=True)
+            before = find_condition((body.get("status") or {}).get("conditions"), SHARED_STORAGE) or {}
+            if storage["status"] == "False" and (before.get("status"), before.get("reason")) != ("False", storage["reason"]):
+                events.emit(body, "StorageNotShared", storage["message"], warning=True)  # once per cause
     if isinstance(results[0], BaseException):
         results = [(await api.get(KINDS[spec.engine], meta["namespace"], workload_name(meta["name"], spec.engine)), False)]
     workload, created = results[0]

@@ -323,23 +323,23 @@ def run(
     pod belongs to (KubeRay sets RAY_ADDRESS), whose GPUs decide what the hardware can run.
     """
     sink = FanOutSink(list(sinks) if isinstance(sinks, (list, tuple)) else [sinks])
-    started_ray = False
+    ray_started: list[bool] = []
     try:
-        if use_ray:  # connected for the whole run: training, then evaluation and export on a worker
-            workers = job.spec.resources.workers
-            started_ray = _connect_ray(local, workers, worker_allocator_env(os.environ) if local else None)
-            cuda = _gpus_available(local)
+        if use_ray and not local:  # the cluster's GPUs decide what pre-flight accepts
+            ray_started.append(_connect_ray(False, job.spec.resources.workers))
+            cuda = _gpus_available(False)
         else:
             cuda = model_init.cuda_available()
-        return _run(job, output=output, local=local, sink=sink, base_dir=base_dir, use_ray=use_ray, cuda=cuda)
+        return _run(job, output=output, local=local, sink=sink, base_dir=base_dir, use_ray=use_ray, cuda=cuda,
+                    ray_started=ray_started)
     finally:
-        if started_ray:
+        if any(ray_started):
             import ray
 
             ray.shutdown()
 
 
-def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> PipelineResult:
+def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda, ray_started: list[bool]) -> PipelineResult:
     from .errors import TrainingFailedError
 
     spec = job.spec
@@ -352,6 +352,8 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda) -> P
     write_json_atomic(output_dir / "dataset_report.json", data.report)
 
     sink.on_phase("Training", f"{len(data.train)} samples on {spec.resources.workers} worker(s), method {spec.method.type}")
+    if use_ray and local:  # started once pre-flight passed; it stays up for evaluation and export
+        ray_started.append(_connect_ray(True, spec.resources.workers, worker_allocator_env(os.environ)))
     result = train(
         job, model_dir=model_dir, train_samples=data.train, pad_id=tokenizer.pad_token_id,
         checkpoint_dir=checkpoint_dir, local=local, sink=sink, use_ray=use_ray,

@@ -15,6 +15,7 @@ import yaml
 
 from tests.chart.chart_render import CHART, CI_VALUES, NAMESPACE, RELEASE, REPO
 from tests.harness.crd_models import model_errors
+from tests.harness.schema_tools import closed_schema
 
 SHARED_PROMETHEUS_OPERATOR = REPO.parent / "shared" / "schemas" / "prometheus-operator"
 
@@ -32,19 +33,6 @@ def _crd_schema(path, kind):
             version = next(v for v in doc["spec"]["versions"] if v.get("storage"))
             return version["schema"]["openAPIV3Schema"]
     raise AssertionError(f"{path} has no CRD for {kind}")
-
-
-def _strict(schema):
-    """Close every object schema that lists its properties, as the API server prunes unknown
-    fields of structural schemas: an unknown field is an error here, not silently dropped."""
-    if isinstance(schema, dict):
-        if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            schema = {**schema, "additionalProperties": False}
-        return {k: _strict(v) for k, v in schema.items()}
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
 
 
 def test_lint_has_no_warnings_or_errors(values_file):
@@ -92,7 +80,7 @@ def test_prometheus_operator_objects_validate(rendered):
         if not path.exists():
             continue
         body = {k: v for k, v in obj.items() if k != "metadata"}
-        errors = sorted(jsonschema.Draft7Validator(_strict(_crd_schema(path, obj["kind"]))).iter_errors(body), key=str)
+        errors = sorted(jsonschema.Draft7Validator(closed_schema(_crd_schema(path, obj["kind"]))).iter_errors(body), key=str)
         assert not errors, f"{obj['kind']}/{obj['metadata']['name']}: " + "; ".join(
             f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
         )

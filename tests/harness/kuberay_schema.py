@@ -17,6 +17,7 @@ import kubernetes_validate
 from kubetune.operator.kuberay import rayjob_schema
 
 from .emulator import load_crd_files
+from .schema_tools import closed_schema
 from .server import KUBERAY_RAYJOB_CRD
 
 KUBERNETES_VERSION = "1.37.0"
@@ -49,23 +50,11 @@ def rayjob_errors(rayjob: dict[str, Any], version: str) -> list[str]:
     return errors
 
 
-def _strict(schema: Any) -> Any:
-    """additionalProperties false wherever properties are listed (a typo is an error, not dropped)."""
-    if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_strict(v) for v in schema]
-    return schema
-
-
 def upstream_rayjob_errors(rayjob: dict[str, Any]) -> list[str] | None:
     """Errors against KubeRay's own RayJob CRD beside the checkout; None when it is absent."""
     if not KUBERAY_RAYJOB_CRD.exists():
         return None
     crd = load_crd_files(KUBERAY_RAYJOB_CRD)[0]
-    schema = _strict(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
+    schema = closed_schema(next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}
     return _messages(jsonschema.Draft7Validator(schema).iter_errors(rayjob))

@@ -71,3 +71,14 @@ def test_the_operator_accepts_a_read_write_many_output_claim(kube_http, namespac
     kube_http.create("persistentvolumeclaims", namespace, claim("models", "ReadWriteMany"))
     kube_http.create("finetunejobs", namespace, ftj_manifest("rwx", namespace))
     wait_condition(kube_http, namespace, "rwx", "SharedStorage", "True", "ReadWriteMany")
+
+
+@pytest.mark.usefixtures("operator_running")
+def test_a_missing_claim_is_checked_again_once_it_exists(kube_http, namespace):
+    kube_http.create("finetunejobs", namespace, ftj_manifest("late", namespace))
+    wait_condition(kube_http, namespace, "late", "SharedStorage", "False", "ClaimNotFound")
+    kube_http.create("persistentvolumeclaims", namespace, claim("models", "ReadWriteMany"))
+    kube_http.patch("finetunejobs", namespace, "late", {"spec": {"suspend": True}})  # any reconcile
+    wait_condition(kube_http, namespace, "late", "SharedStorage", "True", "ReadWriteMany")
+    warnings = [e for e in kube_http.list("events", namespace) if e.get("reason") == "StorageNotShared"]
+    assert len(warnings) == 1  # one Event per cause, not one per reconcile
