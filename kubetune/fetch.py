@@ -62,28 +62,18 @@ def fetch(uri: str, dest: Path) -> int:
 
 
 def _fetch_remote(uri: str, tmp: Path) -> int:
-    import fsspec
+    from kubetune.common import object_store
 
     try:
-        fs, root = fsspec.core.url_to_fs(uri)
-    except ImportError as exc:
-        raise FetchError(f"{uri}: reading s3:// needs the s3fs package ({exc})") from exc
-    if not fs.exists(root):
-        raise FetchError(f"{uri}: not found (check the bucket, prefix and credentials)")
-    unfinished = _unfinished_artifact(fs, root)
-    if unfinished:
-        raise FetchError(f"{uri}: the kubetune artifact at s3://{unfinished} has no manifest.json yet: it is being "
-                         "uploaded (or its upload failed); the manifest is written last, after every file")
-    tmp.mkdir(parents=True)
-    if fs.isdir(root):
-        files = [f for f in fs.find(root) if not fs.isdir(f)]
-        for remote in files:
-            local = tmp / Path(remote).relative_to(Path(root))
-            local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(remote, str(local))
-        return len(files)
-    fs.get_file(root, str(tmp / Path(root).name))
-    return 1
+        fs, root = object_store.filesystem(uri)
+        if object_store.exists(uri):
+            unfinished = _unfinished_artifact(fs, root)
+            if unfinished:
+                raise FetchError(f"{uri}: the kubetune artifact at s3://{unfinished} has no manifest.json yet: it is "
+                                 "being uploaded (or its upload failed); the manifest is written last, after every file")
+        return object_store.download_tree(uri, tmp)
+    except object_store.ObjectStoreError as exc:
+        raise FetchError(str(exc)) from exc
 
 
 def _unfinished_artifact(fs, root: str) -> str | None:

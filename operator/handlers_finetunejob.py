@@ -25,7 +25,7 @@ from kubetune.api.modeldeployment import Engine as ModelDeploymentEngine
 from . import events, metrics
 from .child_watch import start_child_watches, stop_child_watches
 from .conditions import find_condition, now_rfc3339, status_patch
-from .k8s import KINDS, Forbidden, Invalid, KubeApi, KubeError
+from .k8s import KINDS, Invalid, KubeApi, KubeError
 from .render_common import LABEL_FINETUNEJOB, add_labels
 from .render_rbac import render_rbac
 from .render_training import (
@@ -204,7 +204,7 @@ def _start_storage_check(api: KubeApi, body: Mapping[str, Any], job: FineTuneJob
     async def check() -> dict[str, Any] | None:
         try:
             found = await asyncio.gather(*(api.get(KINDS["PersistentVolumeClaim"], namespace, c) for c in claims))
-        except Forbidden as exc:  # a cluster that withholds claims from the operator: no verdict
+        except KubeError as exc:  # forbidden, or a transient error: no verdict now, asked again next time
             log.info("%s/%s: claims not readable (%s); SharedStorage not checked", namespace, body["metadata"]["name"], exc)
             return None
         return shared_storage_condition(job, dict(zip(claims, found)))

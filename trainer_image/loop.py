@@ -65,8 +65,8 @@ class LoopConfig:
     """s3:// mirror of checkpoint_dir (spec.checkpointing.uri): rank 0 uploads every checkpoint,
     every rank pulls the newest one before resuming (checkpoint_remote.py)."""
     model_source: str | None = None
-    """s3:// URI of the base model when model_dir is a local copy of it: a worker on another pod
-    fetches its own copy to the same path."""
+    """s3:// URI of the base model: each worker loads its pod's own whole copy of it (the
+    driver's model_dir holds only the config and tokenizer)."""
 
 
 @dataclass
