@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,8 +45,25 @@ def test_missing_source_names_the_uri_and_keeps_the_destination(tmp_path: Path):
 
 
 def test_s3_without_s3fs_says_what_to_install(tmp_path: Path):
+    """An image without s3fs (an import that fails, as when the package is absent)."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "s3fs.py").write_text("raise ImportError('No module named s3fs')\n")
     result = subprocess.run(
-        [*KUBETUNE, "fetch", "--to", str(tmp_path / "d"), "s3://bucket/model"], capture_output=True, text=True
+        [*KUBETUNE, "fetch", "--to", str(tmp_path / "d"), "s3://bucket/model"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(blocker)},
     )
     assert result.returncode == 1
-    assert "s3fs" in result.stderr
+    assert "needs the s3fs package" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_s3_without_credentials_names_where_they_come_from(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    result = subprocess.run(
+        [*KUBETUNE, "fetch", "--to", str(tmp_path / "d"), "s3://bucket/model"], capture_output=True, text=True, env=env,
+    )
+    assert result.returncode == 1
+    assert "s3://bucket/model" in result.stderr and "KUBETUNE_S3_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
