@@ -16,7 +16,6 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kubetune.api.finetunejob import FineTuneJobSpec, HftConfig, Hyperparameters

@@ -257,7 +257,7 @@ def train(
             log.warning("training in-process runs a single worker; spec.resources.workers=%d ignored", workers)
         cfg.use_gpu = spec.resources.gpus_per_worker > 0 and model_init.cuda_available()
         return train_loop(cfg)
-    from .distributed import cpu_quantity, run_on_ray, unique_run_name
+    from .distributed import run_on_ray, unique_run_name
 
     started = _connect_ray(local, workers, worker_allocator_env(os.environ) if local else None)
     try:
