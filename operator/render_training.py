@@ -183,7 +183,6 @@ def _env(body: Mapping[str, Any], job: FineTuneJob, settings: Settings) -> list[
             env.append({"name": "KUBETUNE_COMPILE_BLOCKS", "value": "1"})
     if settings.trainer_forward_tokens is not None:
         env.append({"name": "KUBETUNE_FORWARD_TOKENS", "value": str(settings.trainer_forward_tokens)})
-    env.extend(_s3_env(job, settings)[0])
     return env
 
 
@@ -207,19 +206,19 @@ def _pod_spec(
 ) -> dict[str, Any]:
     res = job.spec.resources
     volumes, mounts = _volumes(body, job, settings)
+    s3_env, s3_env_from = _s3_env(job, settings)
     container: dict[str, Any] = {
         "name": container_name,
         "image": res.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "env": _env(body, job, settings),
+        "env": _env(body, job, settings) + s3_env,
         "resources": resources,
         "volumeMounts": mounts,
         # Ray, HF and torch write only under /tmp (HOME) and /dev/shm, both emptyDirs.
         "securityContext": {**container_security_context(), "readOnlyRootFilesystem": True},
     }
-    env_from = _s3_env(job, settings)[1]
-    if env_from:
-        container["envFrom"] = env_from
+    if s3_env_from:
+        container["envFrom"] = s3_env_from
     if command:
         container["command"] = command
     spec: dict[str, Any] = {

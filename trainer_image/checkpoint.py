@@ -47,6 +47,12 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def step_of(dir_name: str) -> int | None:
+    """The step a checkpoint folder's name stands for (`step-00000010` -> 10), else None."""
+    match = _STEP_DIR.match(dir_name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(root: str | Path) -> list[CheckpointRef]:
     """Complete checkpoints, oldest first."""
     root = Path(root)
@@ -54,9 +60,9 @@ def list_checkpoints(root: str | Path) -> list[CheckpointRef]:
         return []
     found = []
     for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and (child / META).is_file():
-            found.append(CheckpointRef(child, int(match.group(1))))
+        step = step_of(child.name)
+        if step is not None and (child / META).is_file():
+            found.append(CheckpointRef(child, step))
     return sorted(found, key=lambda c: c.step)
 
 

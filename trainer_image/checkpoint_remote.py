@@ -23,9 +23,9 @@ def remote_steps(remote_root: str) -> list[int]:
     """Steps of the complete remote checkpoints, oldest first."""
     steps = []
     for name in object_store.list_dirs(remote_root):
-        match = ckpt._STEP_DIR.match(name)
-        if match and object_store.exists(f"{remote_root.rstrip('/')}/{name}/{ckpt.META}"):
-            steps.append(int(match.group(1)))
+        step = ckpt.step_of(name)
+        if step is not None and object_store.exists(f"{remote_root.rstrip('/')}/{name}/{ckpt.META}"):
+            steps.append(step)
     return sorted(steps)
 
 

@@ -7,11 +7,13 @@ picklable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import TrainerConfigError, TrainingFailedError
@@ -138,7 +140,7 @@ def unique_run_name(job_name: str) -> str:
     return f"{job_name}-{uuid.uuid4().hex[:8]}"
 
 
-def _cause(exc: BaseException) -> BaseException | None:
+def config_error_in(exc: BaseException) -> BaseException | None:
     """The first TrainerConfigError in an exception's chain or in Ray's worker failures."""
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
@@ -159,6 +161,25 @@ def _cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+@contextlib.contextmanager
+def relayed_to(sink) -> Iterator[tuple[QueueRelay, _Drain]]:
+    """A QueueRelay for code on Ray workers whose calls reach `sink` in this process, and the
+    drain (its `.result` holds a relayed loop_result); everything relayed is delivered on exit."""
+    from ray.util.queue import Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    drain = _Drain(queue, sink)
+    drain.start()
+    try:
+        yield QueueRelay(queue), drain
+    finally:
+        drain.stop()
+        try:
+            queue.shutdown()
+        except Exception:  # noqa: BLE001 - the queue actor went with the cluster
+            pass
+
+
 def run_on_ray(
     cfg: LoopConfig,
     *,
@@ -173,43 +194,34 @@ def run_on_ray(
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.util.queue import Queue
 
-    queue = Queue(actor_options={"num_cpus": 0})
-    drain = _Drain(queue, sink)
-    worker_cfg = dataclasses.replace(cfg, sink=QueueRelay(queue), train=ray.put(cfg.train), use_gpu=use_gpu)
-    trainer = TorchTrainer(
-        _worker_entry,
-        train_loop_config={"cfg": worker_cfg},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(Path(storage).resolve()),
-            # Retries are the operator's (backoffLimit); each one resumes from our checkpoints.
-            failure_config=FailureConfig(max_failures=0),
-        ),
-    )
-    drain.start()
-    try:
-        result = trainer.fit()
-    except Exception as exc:
-        config_error = _cause(exc)
-        if config_error is not None:
-            raise TrainerConfigError(str(config_error)) from exc
-        raise TrainingFailedError(
-            f"training failed on Ray ({type(exc).__name__}: {exc}); completed checkpoints are kept in "
-            f"{cfg.checkpoint_dir} and a rerun with the same spec resumes from the latest"
-        ) from exc
-    finally:
-        drain.stop()
+    with relayed_to(sink) as (relay, drain):
+        worker_cfg = dataclasses.replace(cfg, sink=relay, train=ray.put(cfg.train), use_gpu=use_gpu)
+        trainer = TorchTrainer(
+            _worker_entry,
+            train_loop_config={"cfg": worker_cfg},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cpus_per_worker}),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=str(Path(storage).resolve()),
+                # Retries are the operator's (backoffLimit); each one resumes from our checkpoints.
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
         try:
-            queue.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+            result = trainer.fit()
+        except Exception as exc:
+            config_error = config_error_in(exc)
+            if config_error is not None:
+                raise TrainerConfigError(str(config_error)) from exc
+            raise TrainingFailedError(
+                f"training failed on Ray ({type(exc).__name__}: {exc}); completed checkpoints are kept in "
+                f"{cfg.checkpoint_dir} and a rerun with the same spec resumes from the latest"
+            ) from exc
     if getattr(result, "error", None) is not None:
         raise TrainingFailedError(f"training failed on Ray: {result.error}")
-    data = drain.result
-    if data is None:
+    if drain.result is None:
         raise TrainingFailedError("training finished without reporting a result")
-    return LoopResult(**data)
+    return LoopResult(**drain.result)

@@ -83,29 +83,20 @@ def run_finish(inp: FinishInput, *, use_ray: bool, use_gpu: bool, cpus: int) -> 
     if not use_ray:
         return evaluate_and_export(inp)
     import ray
-    from ray.util.queue import Queue
 
-    from .distributed import QueueRelay, _cause, _Drain
+    from .distributed import config_error_in, relayed_to
     from .errors import TrainerConfigError
 
     gpus = inp.job.spec.resources.gpus_per_worker if use_gpu else 0
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_on_worker)
-    queue = Queue(actor_options={"num_cpus": 0})
-    drain = _Drain(queue, inp.sink)
-    drain.start()
-    try:
-        return ray.get(task.remote(dataclasses.replace(inp, sink=QueueRelay(queue)), use_gpu))
-    except ray.exceptions.RayTaskError as exc:
-        config_error = _cause(exc)
-        if config_error is not None:
-            raise TrainerConfigError(str(config_error)) from exc
-        raise exc.as_instanceof_cause() from None
-    finally:
-        drain.stop()
+    with relayed_to(inp.sink) as (relay, _):
         try:
-            queue.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+            return ray.get(task.remote(dataclasses.replace(inp, sink=relay), use_gpu))
+        except ray.exceptions.RayTaskError as exc:
+            config_error = config_error_in(exc)
+            if config_error is not None:
+                raise TrainerConfigError(str(config_error)) from exc
+            raise exc.as_instanceof_cause() from None
 
 
 def _on_worker(inp: FinishInput, use_gpu: bool) -> dict:

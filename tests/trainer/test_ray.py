@@ -120,7 +120,7 @@ def test_a_failed_ray_run_keeps_its_checkpoints_and_a_rerun_resumes(ray_session,
 
 
 def test_config_errors_raised_in_a_worker_are_found_in_rays_exception():
-    from kubetune.trainer.distributed import _cause
+    from kubetune.trainer.distributed import config_error_in
     from kubetune.trainer.errors import TrainerConfigError
 
     class WorkerGroupError(RuntimeError):
@@ -129,8 +129,8 @@ def test_config_errors_raised_in_a_worker_are_found_in_rays_exception():
             self.worker_failures = failures
 
     inner = TrainerConfigError("checkpoint does not match spec.method")
-    assert _cause(WorkerGroupError({0: RuntimeError("x"), 1: inner})) is inner
-    assert _cause(WorkerGroupError({0: RuntimeError("x")})) is None
+    assert config_error_in(WorkerGroupError({0: RuntimeError("x"), 1: inner})) is inner
+    assert config_error_in(WorkerGroupError({0: RuntimeError("x")})) is None
 
 
 def test_cpu_quantities_become_whole_worker_cpus():
