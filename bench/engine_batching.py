@@ -87,7 +87,8 @@ def main() -> int:
     print(f"  one batch (engine):       {wall2 - wall1:7.1f} s wall, {cpu2 - cpu1:7.1f} CPU s, "
           f"{tokens / (wall2 - wall1):6.1f} tokens/s, {tokens / (cpu2 - cpu1):6.1f} tokens/CPU-s")
     print(f"  ratio: x{(wall1 - wall0) / (wall2 - wall1):.2f} wall, x{(cpu1 - cpu0) / (cpu2 - cpu1):.2f} CPU; "
-          f"identical answers: {'yes' if same else 'NO'}")
+          f"identical answers: {'yes' if same else 'NO'}; rows finished alone after a near-tie: "
+          f"{engine.regenerated_alone}")
     return 0 if same else 1
 
 

@@ -135,6 +135,15 @@ class GatewaySafety(KubeModel):
     """log the score, flag the response in logs and metrics, or block it."""
 
 
+class RateLimits(KubeModel):
+    """Default per-key budgets; a line `KEY rpm=N tpm=N` in the keys Secret sets a key's own."""
+
+    requests_per_minute: Annotated[float, Field(gt=0)] | None = None
+    """Requests per minute per API key (unset: no limit)."""
+    tokens_per_minute: Annotated[float, Field(gt=0)] | None = None
+    """Prompt plus completion tokens per minute per API key (unset: no limit)."""
+
+
 class Gateway(KubeModel):
     """The OpenAI-compatible gateway in front of vLLM."""
 
@@ -148,6 +157,12 @@ class Gateway(KubeModel):
     """Larger request bodies get 413."""
     max_tokens: Annotated[int, Field(ge=1)] = 4096
     """Largest max_tokens a request may ask for."""
+    rate_limits: RateLimits = RateLimits()
+    """Per-key request and token budgets, shared by the gateway workers of a pod; over them: 429 with Retry-After."""
+    max_concurrency: Annotated[int, Field(ge=1, le=100000)] = 256
+    """Requests each gateway worker sends to vLLM at once."""
+    max_queue: Annotated[int, Field(ge=0, le=1000000)] = 1024
+    """Requests each gateway worker lets wait for a slot; more get 503 with Retry-After."""
     workers: Annotated[int, Field(ge=1, le=16)] = 1
     """Gateway processes sharing the port (each gets a CPU): one streams roughly 700-1000 requests/s per core, see docs/serving.md."""
 
@@ -155,8 +170,9 @@ class Gateway(KubeModel):
 class MonitoringThresholds(KubeModel):
     """When monitoring raises conditions."""
 
-    drift_share: Annotated[float, Field(ge=0, le=1)] = 0.5
-    """Share of drifted signals at which the deployment counts as Drifted."""
+    drift_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Unset: one significant signal makes the window Drifted. Set: also this share of the signals must be
+    significant, or all content signals of one column (a topic shift)."""
     safety_flag_ratio: Annotated[float, Field(ge=0, le=1)] = 0.05
     """Share of flagged responses that counts as a safety problem."""
 
@@ -171,7 +187,11 @@ class Monitoring(KubeModel):
     window_seconds: Annotated[int, Field(ge=60)] = 86400
     """How far back traffic is compared with the training reference."""
     min_samples: Annotated[int, Field(ge=1)] = 200
-    """Fewer logged requests than this report insufficient samples."""
+    """Fewer logged requests than this (or than 10, the fewest a test runs on) make the check InsufficientData,
+    never Drifted."""
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    """Chance that a window of unchanged traffic is called Drifted: each signal's p-value is held to a
+    Holm-corrected share of it, so the false-alarm rate is the same at 20 rows and at 5,000."""
     thresholds: MonitoringThresholds = MonitoringThresholds()
     """Drift and safety thresholds."""
 
@@ -275,7 +295,13 @@ class MonitoringStatus(KubeModel):
     drift_share: float | None = None
     """Share of drifted signals in the last check."""
     drift_scores: dict[str, float] | None = None
-    """Per-signal drift scores."""
+    """Per-signal effect: K-S distance, or a domain classifier's held-out ROC AUC."""
+    drift_p_values: dict[str, float] | None = None
+    """Per-signal p-value of the last check."""
+    drift_thresholds: dict[str, float] | None = None
+    """Per-signal level its p-value was held to (Holm-corrected alpha)."""
+    verdict: Literal["Drift", "NoDrift", "InsufficientData"] | None = None
+    """The last check's verdict."""
     safety_flag_ratio: float | None = None
     """Share of flagged responses in the window."""
     pii_leak_ratio: float | None = None

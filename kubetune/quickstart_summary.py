@@ -72,7 +72,7 @@ def checks(results: dict) -> list[Check]:
 
     normal = _get(results, "monitoring", "normal", "driftDetected")
     shifted = _get(results, "monitoring", "shifted", "driftDetected")
-    evaluated = _get(results, "monitoring", "normal", "status") != "insufficient_samples"
+    evaluated = _get(results, "monitoring", "normal", "status") != "insufficient_data"
     out.append(Check("drift detected on shifted traffic only", shifted is True and normal is False and evaluated,
                      f"normal window: {_drift_text(results, 'normal')}; shifted window: {_drift_text(results, 'shifted')}"))
 
@@ -88,10 +88,19 @@ def _drift_text(results: dict, window: str) -> str:
     figures = _get(results, "monitoring", window) or {}
     if not figures:
         return "not measured"
-    if figures.get("status") == "insufficient_samples":
+    if figures.get("status") == "insufficient_data":
         return f"not evaluated ({figures.get('samples', '?')} samples are too few)"
     verdict = "DRIFT" if figures.get("driftDetected") else "no drift"
-    return f"{verdict} (drift share {_fmt(figures.get('driftShare'), 2)}, {figures.get('samples', '?')} samples)"
+    return f"{verdict} ({strongest_signal_text(figures)}; {figures.get('samples', '?')} samples)"
+
+
+def strongest_signal_text(figures: dict) -> str:
+    """The signal closest to drifting, with its p-value and level: why the verdict is what it is."""
+    strongest = figures.get("strongest")
+    if not strongest:
+        return f"share {figures.get('driftShare', 0.0):.2f}"
+    return (f"{figures.get('significant', 0)} of {figures.get('signals', 0)} signals significant; smallest p-value "
+            f"{strongest['pValue']:.2g} on {strongest['name']}, level {strongest['threshold']:.2g}")
 
 
 def _task_table(results: dict) -> list[str]:

@@ -35,8 +35,12 @@ def register(subparsers) -> None:
     cluster.add_argument("--output-uri", help="URI of --output-dir as other pods see it (pvc://...)")
     cluster.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     tuning = p.add_argument_group("thresholds")
-    tuning.add_argument("--min-samples", type=int, help="fewer pairs: insufficient samples (default 200)")
-    tuning.add_argument("--drift-share", type=float, help="share of drifted signals that counts as drift (0.5)")
+    tuning.add_argument("--alpha", type=float,
+                        help="chance that unchanged traffic is called drifted, over all signals (default 0.05)")
+    tuning.add_argument("--min-samples", type=int, help="fewer pairs: insufficient data (default 200)")
+    tuning.add_argument("--drift-share", type=float,
+                        help="also require this share of significant signals, or a column's content signals "
+                             "all (default: any significant signal)")
     tuning.add_argument("--no-embeddings", action="store_true", help="skip the sentence-embedding signals")
     tuning.add_argument("--embedding-sample", type=int, default=500, help="pairs per side embedded (500)")
     tuning.add_argument("--max-rows", type=int, default=5000,
@@ -67,14 +71,18 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
 
 
-def options_from(args: argparse.Namespace, *, min_samples: int = 200, drift_share: float = 0.5):
-    from .drift import DriftOptions
+def options_from(args: argparse.Namespace, *, min_samples: int = 200, drift_share: float | None = None,
+                 alpha: float | None = None):
+    from .drift import DEFAULT_ALPHA, DriftOptions
 
+    if args.alpha is not None and not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha {args.alpha}: expected a level between 0 and 1, such as 0.05")
     if args.drift_share is not None and not 0 <= args.drift_share <= 1:
         raise ValueError(f"--drift-share {args.drift_share}: expected a share between 0 and 1")
     if args.min_samples is not None and args.min_samples < 1:
         raise ValueError(f"--min-samples {args.min_samples}: expected at least 1")
     return DriftOptions(
+        alpha=args.alpha if args.alpha is not None else (alpha if alpha is not None else DEFAULT_ALPHA),
         drift_share=args.drift_share if args.drift_share is not None else drift_share,
         min_samples=args.min_samples if args.min_samples is not None else min_samples,
         embeddings=not args.no_embeddings,

@@ -150,7 +150,8 @@ def run_in_cluster(
 
     since = now - timedelta(seconds=mon_spec.window_seconds)
     current = load_many([Path(args.log_dir)], since=since)
-    options = options_from(args, min_samples=mon_spec.min_samples, drift_share=mon_spec.thresholds.drift_share)
+    options = options_from(args, min_samples=mon_spec.min_samples, drift_share=mon_spec.thresholds.drift_share,
+                           alpha=mon_spec.alpha)
     log(f"{namespace}/{name}: reference {len(reference.records)} pairs from {ref_path}, "
         f"window {len(current.records)} pairs since {rfc3339(since)}")
     result = compare(reference.records, current.records, options)
@@ -173,7 +174,7 @@ def run_in_cluster(
     last_check, last_deploy = parse_time(previous.get("lastCheckTime")), parse_time(status.get("lastDeployTime"))
     if last_deploy and (last_check is None or last_deploy > last_check):
         count = 0
-    insufficient = summary["status"] == "insufficient_samples"
+    insufficient = summary["status"] == "insufficient_data"
     if not insufficient:
         count = count + 1 if summary["drift_detected"] else 0
 
@@ -182,6 +183,9 @@ def run_in_cluster(
         "driftDetected": bool(summary["drift_detected"]),
         "driftShare": summary["drift_share"],
         "driftScores": {k: v["score"] for k, v in summary["signals"].items() if v["score"] is not None},
+        "driftPValues": {k: v["pValue"] for k, v in summary["signals"].items() if v.get("pValue") is not None},
+        "driftThresholds": {k: v["threshold"] for k, v in summary["signals"].items() if v.get("threshold") is not None},
+        "verdict": "InsufficientData" if insufficient else "Drift" if summary["drift_detected"] else "NoDrift",
         "safetyFlagRatio": safety["flagRatio"],
         "piiLeakRatio": safety["piiLeakRatio"],
         "refusalRatio": safety["refusalRatio"],
@@ -193,7 +197,7 @@ def run_in_cluster(
     monitoring = {k: v for k, v in monitoring.items() if v is not None}
 
     if insufficient:
-        drifted = _condition("Drifted", "Unknown", "InsufficientSamples", summary["message"], generation)
+        drifted = _condition("Drifted", "Unknown", "InsufficientData", summary["message"], generation)
     elif summary["drift_detected"]:
         drifted = _condition("Drifted", "True", "DriftDetected", summary["message"], generation)
     else:

@@ -48,8 +48,12 @@ TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 # series. The chart's ServiceMonitor keeps it over the scrape target's own (honorLabels).
 DEPLOYMENT_LABELS = ["namespace", "deployment"]
 DRIFT_SHARE = Gauge("kubetune_drift_share", "Share of drifted signals in the last monitor check.", DEPLOYMENT_LABELS)
-DRIFT_SCORE = Gauge("kubetune_drift_score", "Drift score per signal in the last monitor check.",
-                    [*DEPLOYMENT_LABELS, "signal"])
+DRIFT_SCORE = Gauge("kubetune_drift_score", "Drift effect per signal in the last monitor check (K-S distance "
+                    "or held-out ROC AUC).", [*DEPLOYMENT_LABELS, "signal"])
+DRIFT_P_VALUE = Gauge("kubetune_drift_p_value", "p-value per signal in the last monitor check; the signal drifted "
+                      "when it is at most its Holm-corrected level.", [*DEPLOYMENT_LABELS, "signal"])
+DRIFT_SIGNIFICANT = Gauge("kubetune_drift_significant", "1 when the signal drifted in the last monitor check (its "
+                          "p-value at most its Holm-corrected level), else 0.", [*DEPLOYMENT_LABELS, "signal"])
 SAFETY_FLAG_RATIO = Gauge("kubetune_safety_flag_ratio", "Share of flagged responses in the monitor window.",
                           DEPLOYMENT_LABELS)
 MONITOR_SAMPLES = Gauge("kubetune_monitor_samples", "Logged requests in the monitor window.", DEPLOYMENT_LABELS)
@@ -90,11 +94,20 @@ def export_gauges(namespace: str, name: str, monitoring: Mapping[str, Any] | Non
     if monitoring.get("samples") is not None:
         MONITOR_SAMPLES.labels(*key).set(float(monitoring["samples"]))
     scores = monitoring.get("driftScores") or {}
+    p_values = monitoring.get("driftPValues") or {}
     for signal, score in scores.items():
         DRIFT_SCORE.labels(*key, signal).set(float(score))
+    levels = monitoring.get("driftThresholds") or {}
+    for signal, p_value in p_values.items():
+        DRIFT_P_VALUE.labels(*key, signal).set(float(p_value))
+        if signal in levels:
+            DRIFT_SIGNIFICANT.labels(*key, signal).set(1.0 if float(p_value) <= float(levels[signal]) else 0.0)
     for gone in _state["signals"].get(key, set()) - set(scores):
         _remove(DRIFT_SCORE, *key, gone)
-    _state["signals"][key] = set(scores)
+    for gone in _state["signals"].get(key, set()) - set(p_values):
+        _remove(DRIFT_P_VALUE, *key, gone)
+        _remove(DRIFT_SIGNIFICANT, *key, gone)
+    _state["signals"][key] = set(scores) | set(p_values)
 
 
 def forget_gauges(namespace: str, name: str) -> None:
@@ -102,6 +115,8 @@ def forget_gauges(namespace: str, name: str) -> None:
         _remove(gauge, namespace, name)
     for signal in _state["signals"].pop((namespace, name), set()):
         _remove(DRIFT_SCORE, namespace, name, signal)
+        _remove(DRIFT_P_VALUE, namespace, name, signal)
+        _remove(DRIFT_SIGNIFICANT, namespace, name, signal)
 
 
 def _remove(metric: Any, *labels: str) -> None:

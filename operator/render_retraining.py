@@ -67,7 +67,8 @@ def render_retraining_job(
     job_spec["datasets"] = datasets
     monitoring = spec.get("monitoring") or {}
     thresholds = {
-        "driftShare": (monitoring.get("thresholds") or {}).get("driftShare", 0.5),
+        "alpha": monitoring.get("alpha", 0.05),
+        "driftShare": (monitoring.get("thresholds") or {}).get("driftShare"),
         "safetyFlagRatio": (monitoring.get("thresholds") or {}).get("safetyFlagRatio", 0.05),
         "persistentChecks": retraining.get("persistentChecks", 3),
         "minSamples": retraining.get("minSamples", 500),

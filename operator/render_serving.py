@@ -321,6 +321,8 @@ def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
         "--safety-action", gw.safety.action,
         "--max-request-bytes", str(gw.max_request_bytes),
         "--max-tokens", str(gw.max_tokens),
+        "--max-concurrency", str(gw.max_concurrency),
+        "--max-queue", str(gw.max_queue),
         "--canary-config", f"{GATEWAY_CONFIG_DIR}/{GATEWAY_CONFIG_FILE}",
         "--upstream-api-key-file", f"{ENGINE_KEY_DIR}/{ENGINE_KEY}",
     ]  # fmt: skip
@@ -330,6 +332,10 @@ def gateway_args(md: ModelDeployment, settings: ServingSettings) -> list[str]:
         args.append("--no-redact")
     if gw.auth_secret_ref is not None:
         args += ["--api-keys-file", f"{KEYS_DIR}/{gw.auth_secret_ref.key}"]
+    if gw.rate_limits.requests_per_minute is not None:
+        args += ["--rate-limit-rpm", repr(float(gw.rate_limits.requests_per_minute))]
+    if gw.rate_limits.tokens_per_minute is not None:
+        args += ["--rate-limit-tpm", repr(float(gw.rate_limits.tokens_per_minute))]
     if gw.workers > 1:
         args += ["--workers", str(gw.workers)]
     return args

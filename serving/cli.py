@@ -85,6 +85,17 @@ def register(subparsers) -> None:
     gw.add_argument("--max-request-bytes", type=int, default=_env("MAX_REQUEST_BYTES", str(1024 * 1024)))
     gw.add_argument("--max-tokens", type=int, default=_env("MAX_TOKENS", "4096"),
                     help="largest max_tokens a request may ask for (default 4096)")
+    gw.add_argument("--rate-limit-rpm", type=float, default=_env("RATE_LIMIT_RPM"),
+                    help="requests per minute of a key without its own rpm= in the keys file (default: none)")
+    gw.add_argument("--rate-limit-tpm", type=float, default=_env("RATE_LIMIT_TPM"),
+                    help="tokens per minute (prompt + max_tokens, corrected to the real usage) of a key "
+                         "without its own tpm= (default: none)")
+    gw.add_argument("--max-concurrency", type=int, default=_env("MAX_CONCURRENCY", "256"),
+                    help="requests a worker sends upstream at once (default 256)")
+    gw.add_argument("--max-queue", type=int, default=_env("MAX_QUEUE", "1024"),
+                    help="requests a worker lets wait for a slot; more get 503 with Retry-After (default 1024)")
+    gw.add_argument("--queue-timeout", type=float, default=_env("QUEUE_TIMEOUT", "30"),
+                    help="seconds a request may wait for a slot before 503 (default 30)")
     gw.add_argument("--canary-config", default=_env("CANARY_CONFIG"), help="canary routes JSON file (see docs/serving.md)")
     gw.add_argument("--seed", type=int, default=_env("SEED"),
                     help="seed for sampling and canary picks (reproducible tests)")
@@ -107,7 +118,8 @@ def _gateway_config(args, upstream: str):
         log_backups=args.log_backups, safety_scorer=args.safety_scorer, safety_endpoint=args.safety_endpoint,
         safety_action=args.safety_action, max_request_bytes=args.max_request_bytes, max_tokens=args.max_tokens,
         upstream_timeout=args.upstream_timeout, canary_config=args.canary_config, seed=args.seed,
-        safety_process=args.safety_process,
+        safety_process=args.safety_process, rate_limit_rpm=args.rate_limit_rpm, rate_limit_tpm=args.rate_limit_tpm,
+        max_concurrency=args.max_concurrency, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
     )
 
 

@@ -33,8 +33,9 @@ class ApiError(Exception):
     """An error answered to the client as OpenAI-style JSON with its HTTP status."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None):
+                 type: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
+        self.headers = dict(headers or {})
         self.status = status
         self.message = message
         self.param = param
@@ -49,7 +50,7 @@ class ApiError(Exception):
             status=self.status,
             body=json.dumps(self.body()).encode(),
             content_type="application/json",
-            headers=headers,
+            headers={**self.headers, **(headers or {})},
         )
 
 

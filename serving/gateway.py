@@ -27,6 +27,7 @@ from .metrics import GatewayMetrics
 from .openai_shapes import chunk_text, flatten_messages, flatten_prompt, response_text, validate_request
 from .payload_log import PayloadLogger, rfc3339
 from .peers import PeerForwarder
+from .rate_limit import Buckets, Limits, estimate_tokens, key_label
 from .safety_batcher import SafetyBatcher
 
 log = logging.getLogger("kubetune.serving.gateway")
@@ -67,6 +68,14 @@ class GatewayConfig:
     worker_index: int | None = None
     worker_count: int = 1
     peer_dir: str | None = None
+    # Default limits of a key without its own in the keys file (and of all requests without auth).
+    rate_limit_rpm: float | None = None
+    rate_limit_tpm: float | None = None
+    # Back-pressure: requests answered at once by the upstream, and how many may wait for a slot
+    # (and for how long) before the gateway answers 503 with Retry-After instead of queueing more.
+    max_concurrency: int = 256
+    max_queue: int = 1024
+    queue_timeout: float = 30.0
 
     def check(self) -> None:
         """Every bad setting at once, naming the flag."""
@@ -79,9 +88,17 @@ class GatewayConfig:
             errors.append("--safety-endpoint: required with --safety-scorer llamaGuard")
         if not 0 <= self.sample_rate <= 1:
             errors.append(f"--sample-rate: {self.sample_rate} is not within [0, 1]")
-        for name in ("max_request_bytes", "max_tokens", "log_max_bytes"):
+        for name in ("max_request_bytes", "max_tokens", "log_max_bytes", "max_concurrency"):
             if getattr(self, name) < 1:
                 errors.append(f"--{name.replace('_', '-')}: must be positive")
+        if self.max_queue < 0:
+            errors.append("--max-queue: must not be negative")
+        if not self.queue_timeout > 0:
+            errors.append("--queue-timeout: must be positive")
+        for name in ("rate_limit_rpm", "rate_limit_tpm"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                errors.append(f"--{name.replace('_', '-')}: must be positive, got {value}")
         if not self.upstream.startswith(("http://", "https://")):
             errors.append(f"--upstream: {self.upstream!r} is not an http(s) URL")
         if errors:
@@ -132,6 +149,11 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.peers = PeerForwarder(config.peer_dir, config.worker_index) if config.worker_index is not None else None
         self._rid_prefix = "req-" if config.worker_index is None else f"req-w{config.worker_index}-"
+        self.default_limits = Limits(config.rate_limit_rpm, config.rate_limit_tpm)
+        # One bucket file for all workers of the pod (rate_limit docstring); memory for a lone gateway.
+        self.buckets = Buckets(f"{config.peer_dir}/rate-limits" if config.peer_dir else None)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._waiting = 0
 
     @staticmethod
     def _make_scorer(config: GatewayConfig):
@@ -193,14 +215,59 @@ class Gateway:
 
     # ------------------------------------------------------------------ helpers
 
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.Request):
+        """The caller's key entry (None without auth); 401 when the key is missing or wrong."""
         if self.keys is None:
-            return
+            return None
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
-        if not self.keys.check(token):
+        entry = self.keys.lookup(token)
+        if entry is None:
             raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+        return entry
+
+    def _admit(self, entry, prompt: str, body: dict) -> tuple[bytes, Limits, int]:
+        """Charge the key's buckets for this request, or raise 429 with Retry-After."""
+        key = entry.key if entry is not None else b"anonymous"
+        limits = entry.limits if entry is not None and entry.limits is not None else self.default_limits
+        label = key_label(key) if entry is not None else "anonymous"
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.max_tokens
+        charge = estimate_tokens(prompt, int(max_tokens))
+        decision = self.buckets.take(key, limits, charge)
+        if not decision.allowed:
+            self.metrics.rate_limited.labels(key=label, limit=decision.limit).inc()
+            per_minute = limits.requests_per_minute if decision.limit == "requests" else limits.tokens_per_minute
+            raise ApiError(429, f"Rate limit reached for {decision.limit} per minute: limit {per_minute:g}, "
+                                f"this request needs {1 if decision.limit == 'requests' else charge}; "
+                                f"retry in {decision.retry_after:.1f} s",
+                           code="rate_limit_exceeded", type=decision.limit,
+                           headers={"Retry-After": str(max(1, int(decision.retry_after + 0.999)))})
+        self.metrics.key_requests.labels(key=label).inc()
+        return key, limits, charge
+
+    async def _acquire_slot(self) -> None:
+        """Wait for an upstream slot in a bounded queue: 503 with Retry-After when it is full or slow."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        if self._waiting >= self.config.max_queue:
+            self.metrics.overloaded.labels(reason="queue_full").inc()
+            raise ApiError(503, f"the gateway is overloaded: {self.config.max_concurrency} requests in flight and "
+                                f"{self._waiting} waiting (--max-queue {self.config.max_queue})",
+                           code="server_overloaded", headers={"Retry-After": "1"})
+        self._waiting += 1
+        self.metrics.queue_depth.inc()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.config.queue_timeout)
+        except asyncio.TimeoutError:
+            self.metrics.overloaded.labels(reason="queue_timeout").inc()
+            raise ApiError(503, f"no upstream slot within {self.config.queue_timeout:g} s "
+                                f"(--queue-timeout); {self.config.max_concurrency} requests in flight",
+                           code="server_overloaded", headers={"Retry-After": "1"}) from None
+        finally:
+            self._waiting -= 1
+            self.metrics.queue_depth.dec()
 
     async def _read_json(self, request: web.Request):
         length = request.content_length
@@ -338,13 +405,19 @@ class Gateway:
         rid = self._rid_prefix + uuid.uuid4().hex
         out = _Outcome()
         started = out.started
+        admitted = None
+        slot = False
         try:
-            self._authorize(request)
+            entry = self._authorize(request)
             body = await self._read_json(request)
             requested = validate_request(kind, body, max_tokens_limit=self.config.max_tokens)
+            out.prompt = flatten_messages(body["messages"]) if kind == "chat" else flatten_prompt(body["prompt"])
+            admitted = self._admit(entry, out.prompt, body)
+            await self._acquire_slot()
+            slot = True
+            self.metrics.inflight.inc()
             target, out.model, adapter = await self._resolve(requested)
             out.adapter = adapter or ""
-            out.prompt = flatten_messages(body["messages"]) if kind == "chat" else flatten_prompt(body["prompt"])
             stream = bool(body.get("stream"))
             if target != requested:
                 body["model"] = target
@@ -361,6 +434,14 @@ class Gateway:
             out.status = 499  # the client went away mid-stream
             self._account(rid, started, out)
             raise
+        finally:
+            if slot:
+                self._slots.release()
+                self.metrics.inflight.dec()
+            if admitted is not None:
+                key, limits, charge = admitted
+                used = (out.prompt_tokens or 0) + (out.completion_tokens or 0) if out.status == 200 else 0
+                self.buckets.settle(key, limits, charge, used)
         self._account(rid, started, out)
         return response
 

@@ -62,6 +62,26 @@ class GatewayMetrics:
             ["adapter"], registry=r, multiprocess_mode="livemostrecent",
         )
         self._canary_adapters: set[str] = set()
+        self.key_requests = Counter(
+            "kubetune_gateway_key_requests_total", "Requests admitted past the rate limits, by API key "
+            "(the first 8 bytes of its SHA-256, hex; \"anonymous\" without auth).", ["key"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "kubetune_gateway_rate_limited_total", "Requests answered 429 by a key's limit (requests or tokens).",
+            ["key", "limit"], registry=r,
+        )
+        self.overloaded = Counter(
+            "kubetune_gateway_overload_rejections_total", "Requests refused because the gateway's queue was full "
+            "or the wait for a slot timed out.", ["reason"], registry=r,
+        )
+        self.queue_depth = Gauge(
+            "kubetune_gateway_queue_depth", "Requests waiting for an upstream slot.", registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.inflight = Gauge(
+            "kubetune_gateway_inflight_requests", "Requests being answered by the upstream engine.", registry=r,
+            multiprocess_mode="livesum",
+        )
 
         self._per_model: dict[str, ModelSeries] = {}
         self._request_counters: dict[tuple[str, str, int], object] = {}

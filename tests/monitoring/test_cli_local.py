@@ -88,8 +88,8 @@ def test_insufficient_samples_reported_not_triggered(files, tmp_path):
                "--no-embeddings", "--fail-on-drift", "--report", str(tmp_path / "r.html")])
     summary = json.loads(out.read_text())
     assert rc == 0
-    assert summary["status"] == "insufficient_samples" and summary["drift_detected"] is False
-    assert "insufficient samples" in (tmp_path / "r.html").read_text().lower()
+    assert summary["status"] == "insufficient_data" and summary["drift_detected"] is False
+    assert "insufficient data" in (tmp_path / "r.html").read_text().lower()
 
 
 def test_missing_reference_profile_names_the_artifact(tmp_path, capsys):

@@ -35,3 +35,19 @@ def test_one_name_in_two_namespaces_is_two_series():
     assert value("kubetune_drift_share", namespace="team-b", deployment="chat") is None
     assert value("kubetune_drift_score", namespace="team-a", deployment="chat", signal="prompt.content") == 0.5
     hm.forget_gauges("team-a", "chat")
+
+
+def test_p_values_and_calibrated_verdicts_become_gauges_and_are_forgotten():
+    hm.export_gauges("ml", "p-bot", {"driftScores": {"prompt.content": 0.8, "prompt.length": 0.1},
+                                     "driftPValues": {"prompt.content": 0.001, "prompt.length": 0.3},
+                                     "driftThresholds": {"prompt.content": 0.004, "prompt.length": 0.05}})
+    labels = {"namespace": "ml", "deployment": "p-bot"}
+    assert value("kubetune_drift_p_value", **labels, signal="prompt.content") == 0.001
+    assert value("kubetune_drift_significant", **labels, signal="prompt.content") == 1.0
+    assert value("kubetune_drift_significant", **labels, signal="prompt.length") == 0.0
+    hm.export_gauges("ml", "p-bot", {"driftScores": {"prompt.content": 0.5}, "driftPValues": {"prompt.content": 0.4},
+                                     "driftThresholds": {"prompt.content": 0.05}})
+    assert value("kubetune_drift_significant", **labels, signal="prompt.content") == 0.0
+    assert value("kubetune_drift_p_value", **labels, signal="prompt.length") is None
+    hm.forget_gauges("ml", "p-bot")
+    assert value("kubetune_drift_significant", **labels, signal="prompt.content") is None

@@ -59,7 +59,7 @@ def test_missing_figures_fail_with_a_reason():
 def test_too_few_samples_is_not_called_no_drift():
     results = good_results()
     results["monitoring"]["normal"] = {"driftDetected": False, "driftShare": 0.0, "samples": 3,
-                                       "status": "insufficient_samples"}
+                                       "status": "insufficient_data"}
     check = by_name(results)["drift detected on shifted traffic only"]
     assert not check.passed
     assert "not evaluated (3 samples are too few)" in check.detail

@@ -121,3 +121,46 @@ def test_a_request_cancelled_in_a_batch_stops_alone(engine):
 def test_bad_batch_settings_are_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="max_batch_size"):
         LocalEngine(tiny_model_dir, max_batch_size=0)
+
+
+def _margins(engine, prompt, max_tokens):
+    """The solo run's top-two logit margin at each step."""
+    import torch
+
+    ids = torch.tensor([engine.tokenizer(prompt)["input_ids"]])
+    with torch.inference_mode():
+        out = engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                    do_sample=False, pad_token_id=engine.pad_id, output_logits=True,
+                                    return_dict_in_generate=True, eos_token_id=engine.eos_ids or None)
+    return [float(t[0] - t[1]) for t in (torch.topk(step[0].float(), 2).values for step in out.logits)]
+
+
+def test_a_greedy_row_at_a_near_tie_is_finished_alone_and_its_stream_goes_on(engine, monkeypatch):
+    """A row that meets a margin under the engine's near-tie threshold stops in the batch and is
+    generated again alone: the client sees one continuous stream, and the answer of the request alone."""
+    prompt, max_tokens = PROMPTS[0], 12
+    margins = _margins(engine, prompt, max_tokens)
+    # The first step after the second whose margin is below all before it: the row streams that
+    # many tokens in the batch, then meets the "near-tie" and goes on alone.
+    step = next(k for k in range(2, len(margins)) if margins[k] < min(margins[:k]) - 2e-3)
+    monkeypatch.setattr(engine, "near_tie", margins[step] + 1e-3)
+    alone = engine._generate(_job(engine, prompt, max_tokens), None)
+    pieces: list[str | None] = []
+    before = engine.regenerated_alone
+    results = engine._generate_batch([(_job(engine, PROMPTS[2], max_tokens), None),
+                                      (_job(engine, prompt, max_tokens), pieces.append)])
+    assert engine.regenerated_alone > before
+    assert results[1].text == alone.text and results[1].completion_tokens == alone.completion_tokens
+    assert pieces[-1] is None and pieces.count(None) == 1
+    assert "".join(pieces[:-1]) == alone.text  # no piece repeated, none lost
+    assert len(pieces) > 2  # some of the text came from the batch before the near-tie
+
+
+def test_greedy_answers_do_not_depend_on_the_batching(engine):
+    """Each prompt alone, in batches of two and in one batch of all: the same answers."""
+    prompts = PROMPTS + ["Once upon a time", "1, 2, 3,"]
+    alone = [engine._generate(_job(engine, p), None).text for p in prompts]
+    pairs = [r.text for i in range(0, len(prompts), 2)
+             for r in engine._generate_batch([(_job(engine, p), None) for p in prompts[i:i + 2]])]
+    together = [r.text for r in engine._generate_batch([(_job(engine, p), None) for p in prompts])]
+    assert pairs == alone and together == alone
