@@ -287,6 +287,19 @@ class CanaryStatus(KubeModel):
     """Version kept for rollback."""
 
 
+class FeedbackFigures(KubeModel):
+    """Client ratings (`/v1/feedback`) of the answers in the monitor window."""
+
+    rated: int | None = None
+    """Answers rated."""
+    positive: int | None = None
+    """Rated +1."""
+    negative: int | None = None
+    """Rated -1 (kept out of the retraining window)."""
+    mean_rating: float | None = None
+    """Mean rating, -1 to 1."""
+
+
 class MonitoringStatus(KubeModel):
     """Latest drift and safety figures."""
 
@@ -316,6 +329,8 @@ class MonitoringStatus(KubeModel):
     """When the monitor last ran."""
     report_uri: Uri | None = None
     """HTML drift report."""
+    feedback: FeedbackFigures | None = None
+    """Client ratings in the window."""
 
 
 class ModelDeploymentStatus(KubeModel):

@@ -125,7 +125,8 @@ def _run_local(args: argparse.Namespace) -> int:
 
         data = write_window(current.records, Path(args.window_data))
         result.summary["window"] = {"file": str(data.path), "rows": data.rows, "digest": data.digest,
-                                    "excludedFlagged": data.excluded_flagged, "duplicates": data.duplicates}
+                                    "excludedFlagged": data.excluded_flagged,
+                                    "excludedNegative": data.excluded_negative, "duplicates": data.duplicates}
     if args.json_out:
         atomic_write_json(args.json_out, result.summary)
     else:

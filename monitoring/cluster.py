@@ -108,7 +108,7 @@ def run_in_cluster(
     from .policy import PolicyInput, decide
     from .records import load, load_many
     from .reference import ReferenceMissing, reference_file
-    from .window import window_id, write_window
+    from .window import feedback_figures, window_id, write_window
 
     now = now or datetime.now(timezone.utc)
     stamp = rfc3339(now)
@@ -164,7 +164,9 @@ def run_in_cluster(
     out_uri = f"{args.output_uri.rstrip('/')}/{wid}" if args.output_uri else str(out_dir)
     window = write_window(current.records, out_dir / "window.jsonl")
     summary["window"] = {"id": wid, "start": rfc3339(since), "end": stamp, "uri": f"{out_uri}/window.jsonl",
-                         "rows": window.rows, "digest": window.digest, "excludedFlagged": window.excluded_flagged}
+                         "rows": window.rows, "digest": window.digest, "excludedFlagged": window.excluded_flagged,
+                         "excludedNegative": window.excluded_negative}
+    summary["feedback"] = feedback_figures(current.records)
     result.write_html(out_dir / "report.html")
 
     # Consecutive drifted checks: a new deploy since the last check starts the count again (the
@@ -193,6 +195,7 @@ def run_in_cluster(
         "consecutiveDriftChecks": count,
         "lastCheckTime": stamp,
         "reportUri": f"{out_uri}/report.html",
+        "feedback": {k: v for k, v in summary["feedback"].items() if v is not None},
     }
     monitoring = {k: v for k, v in monitoring.items() if v is not None}
 

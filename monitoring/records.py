@@ -25,6 +25,8 @@ class Record:
     time: datetime | None = None
     id: str | None = None
     """Request id in a payload log; a later line with the same id (feedback) replaces the earlier."""
+    rating: int | None = None
+    """A client's `/v1/feedback` rating of the answer (-1, 0 or 1); None when unrated."""
 
 
 @dataclass
@@ -104,7 +106,11 @@ def record_from_row(row: Any) -> Record:
     safety = row.get("safety")
     flagged = bool(safety.get("flagged")) if isinstance(safety, dict) and "flagged" in safety else None
     rid = row.get("id")
-    return Record(prompt, response, flagged, _parse_time(row.get("time")), rid if isinstance(rid, str) else None)
+    feedback = row.get("feedback")
+    rating = feedback.get("rating") if isinstance(feedback, dict) else None
+    rating = rating if isinstance(rating, int) and not isinstance(rating, bool) and rating in (-1, 0, 1) else None
+    return Record(prompt, response, flagged, _parse_time(row.get("time")), rid if isinstance(rid, str) else None,
+                  rating)
 
 
 def payload_log_files(directory: Path) -> list[Path]:

@@ -1,7 +1,7 @@
 """The traffic window as training data for the next fine-tune.
 
 Flagged responses are excluded (the gateway's verdict, or the offline scorer where the log has
-none), PII is redacted again (logs may have been written with redaction off), and pairs are
+none), so are answers a client rated -1 through `/v1/feedback`, PII is redacted again (logs may have been written with redaction off), and pairs are
 deduplicated on normalised text. Written as alpaca JSON lines, atomically.
 """
 
@@ -29,6 +29,7 @@ class WindowData:
     path: Path
     rows: int
     excluded_flagged: int
+    excluded_negative: int
     duplicates: int
     empty: int
     digest: str
@@ -46,10 +47,13 @@ def _key(prompt: str, response: str) -> str:
 def training_rows(records: Sequence[Record], scorer: SafetyScorer | None = None) -> tuple[list[dict], dict]:
     verdicts, _ = flagged(records, scorer)
     rows, seen = [], set()
-    counts = {"excluded_flagged": 0, "duplicates": 0, "empty": 0}
+    counts = {"excluded_flagged": 0, "excluded_negative": 0, "duplicates": 0, "empty": 0}
     for record, bad in zip(records, verdicts):
         if bad:
             counts["excluded_flagged"] += 1
+            continue
+        if record.rating is not None and record.rating < 0:
+            counts["excluded_negative"] += 1
             continue
         prompt, response = redact(record.prompt).text.strip(), redact(record.response).text.strip()
         if not prompt or not response:
@@ -69,3 +73,14 @@ def write_window(records: Sequence[Record], path: Path, scorer: SafetyScorer | N
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     atomic_write_text(path, text)
     return WindowData(Path(path), len(rows), digest="sha256:" + hashlib.sha256(text.encode()).hexdigest(), **counts)
+
+
+def feedback_figures(records: Sequence[Record]) -> dict:
+    """Ratings in the window: how many answers were rated, and how."""
+    ratings = [r.rating for r in records if r.rating is not None]
+    return {
+        "rated": len(ratings),
+        "positive": sum(1 for r in ratings if r > 0),
+        "negative": sum(1 for r in ratings if r < 0),
+        "meanRating": round(sum(ratings) / len(ratings), 4) if ratings else None,
+    }

@@ -130,3 +130,24 @@ def test_window_data_is_redacted_deduplicated_and_excludes_flagged(tmp_path):
         {"instruction": "hello", "input": "", "output": "hi there"},
     ]
     assert (data.rows, data.duplicates, data.excluded_flagged) == (2, 1, 2)
+
+
+def test_negatively_rated_answers_stay_out_of_the_window_and_ratings_are_counted(tmp_path):
+    """A payload log line carries the client's /v1/feedback rating; -1 answers never become training data."""
+    from kubetune.monitoring.records import load_many
+    from kubetune.monitoring.window import feedback_figures, write_window
+
+    log = tmp_path / "logs" / "payloads.jsonl"
+    log.parent.mkdir()
+    lines = [
+        {"id": "a", "prompt": "capital of France?", "response": "Paris", "feedback": {"rating": 1, "comment": None}},
+        {"id": "b", "prompt": "capital of Spain?", "response": "Lisbon", "feedback": {"rating": -1, "comment": "wrong"}},
+        {"id": "c", "prompt": "capital of Italy?", "response": "Rome", "feedback": None},
+        {"id": "d", "prompt": "2+2?", "response": "4", "feedback": {"rating": 0, "comment": None}},
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = load_many([log.parent]).records
+    data = write_window(records, tmp_path / "w" / "window.jsonl")
+    outputs = [json.loads(x)["output"] for x in (tmp_path / "w" / "window.jsonl").read_text().splitlines()]
+    assert sorted(outputs) == ["4", "Paris", "Rome"] and data.excluded_negative == 1
+    assert feedback_figures(records) == {"rated": 3, "positive": 1, "negative": 1, "meanRating": 0.0}

@@ -118,6 +118,11 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         st = status(kube_http, namespace)
         assert st["monitoring"]["driftDetected"] is True and st["monitoring"]["consecutiveDriftChecks"] == 1
         assert st["monitoring"]["samples"] == 300
+        assert st["monitoring"]["verdict"] == "Drift"
+        significant = [n for n, p in st["monitoring"]["driftPValues"].items()
+                       if p <= st["monitoring"]["driftThresholds"][n]]
+        assert significant and "prompt.content" in significant
+        assert st["monitoring"]["feedback"] == {"rated": 0, "positive": 0, "negative": 0}
         assert cond(st, "Drifted")["status"] == "True"
         assert cond(st, "RetrainingRequested")["status"] == "False"  # drift not yet persistent (2 checks)
         from prometheus_client import REGISTRY
