@@ -26,7 +26,8 @@ def _deployment(repo_root, **gateway):
 def test_operator_gateway_argv_parses_into_our_settings(repo_root):
     md = _deployment(repo_root, authSecretRef={"name": "keys", "key": "api-keys"},
                      logging={"sampleRate": 0.25, "redactPii": False},
-                     safety={"scorer": "offline", "action": "block"}, maxRequestBytes=2048, maxTokens=512)
+                     safety={"scorer": "offline", "action": "block"}, maxRequestBytes=2048, maxTokens=512,
+                     rateLimits={"requestsPerMinute": 600, "tokensPerMinute": 200000}, maxConcurrency=64, maxQueue=10)
     argv = render.gateway_args(md, render.ServingSettings())
     args = build_parser().parse_args(argv)
     assert args.command == "serve" and args.upstream.startswith("http://127.0.0.1:")
@@ -36,6 +37,10 @@ def test_operator_gateway_argv_parses_into_our_settings(repo_root):
     assert args.max_request_bytes == 2048 and args.max_tokens == 512
     assert args.api_keys.endswith("/api-keys") and args.canary_config and args.log_dir
     assert args.host == "0.0.0.0"
+    assert (args.rate_limit_rpm, args.rate_limit_tpm) == (600.0, 200000.0)
+    assert (args.max_concurrency, args.max_queue) == (64, 10)
+    defaults = build_parser().parse_args(render.gateway_args(_deployment(repo_root), render.ServingSettings()))
+    assert defaults.rate_limit_rpm is None and defaults.rate_limit_tpm is None  # no limits unless asked
 
 
 def test_operator_canary_file_is_what_the_gateway_reads():
