@@ -199,6 +199,7 @@ class Gateway:
             await self.session.close()
         if self.peers is not None:
             await self.peers.close()
+        self.buckets.close()
         self.close_logs()
 
     def close_logs(self) -> None:
