@@ -6,7 +6,7 @@ One key per line, optionally followed by its own rate limits (`rate_limit`):
     sk-batch-job tpm=2000000
     sk-no-limits-of-its-own
 
-A key without limits of its own gets the gateway's defaults (`--rate-limit-rpm/-tpm`).
+A budget a key's line does not name is the gateway's default (`--rate-limit-rpm/-tpm`).
 Kubernetes updates a mounted Secret by swapping a symlink, so the file's identity (inode,
 mtime, size) changes; we look at most once a second. A key file that disappears or cannot be
 read, or that has a bad line, keeps the last good keys and says so in the log rather than

@@ -98,6 +98,7 @@ def test_the_gateway_answers_429_at_a_keys_limit_with_retry_after(loop_thread, t
 def test_a_token_budget_counts_prompt_and_max_tokens(loop_thread, tmp_path, scripted):
     gateway, url, client = start_gateway(loop_thread, tmp_path, scripted.url)
     (tmp_path / "keys").write_text("secret-1 tpm=300\n")
+    gateway.default_limits = Limits(requests_per_minute=3)  # the line names no rpm: the default applies
     with pytest.raises(openai.RateLimitError) as err:
         client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=400)
     assert err.value.body["type"] == "tokens" and "limit 300, this request needs 40" in err.value.body["message"]
@@ -107,6 +108,9 @@ def test_a_token_budget_counts_prompt_and_max_tokens(loop_thread, tmp_path, scri
         reply = client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}],
                                                max_tokens=200)
         assert reply.usage.total_tokens < 50
+    with pytest.raises(openai.RateLimitError) as err:  # a 4th admitted request: over the default rpm of 3
+        client.chat.completions.create(model="base", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert err.value.body["type"] == "requests"
 
 
 def test_a_full_queue_answers_503_with_retry_after_instead_of_waiting(loop_thread, tmp_path, scripted):
