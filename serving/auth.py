@@ -16,6 +16,7 @@ opening the gateway.
 from __future__ import annotations
 
 import hmac
+import math
 import logging
 import os
 import time
@@ -55,7 +56,7 @@ def parse_key_entries(text: str, source: str = "API keys file") -> list[KeyEntry
                 figure = float(value)
             except ValueError:
                 figure = -1.0
-            if not figure > 0 or figure != figure or figure == float("inf"):
+            if not (math.isfinite(figure) and figure > 0):
                 errors.append(f"{source}: line {number}: {name}={value!r}: expected a positive number")
                 continue
             limits[_LIMIT_FIELDS[name]] = figure
@@ -63,11 +64,6 @@ def parse_key_entries(text: str, source: str = "API keys file") -> list[KeyEntry
     if errors:
         raise ValueError("; ".join(errors))
     return entries
-
-
-def parse_keys(text: str) -> list[bytes]:
-    """The keys alone (see parse_key_entries)."""
-    return [entry.key for entry in parse_key_entries(text)]
 
 
 class KeyFile:

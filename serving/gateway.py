@@ -232,9 +232,7 @@ class Gateway:
         """Charge the key's buckets for this request, or raise 429 with Retry-After."""
         key = entry.key if entry is not None else b"anonymous"
         own = entry.limits if entry is not None and entry.limits is not None else Limits()
-        limits = Limits(  # a budget the key's line does not name falls back to the gateway's default
-            own.requests_per_minute if own.requests_per_minute is not None else self.default_limits.requests_per_minute,
-            own.tokens_per_minute if own.tokens_per_minute is not None else self.default_limits.tokens_per_minute)
+        limits = own.or_else(self.default_limits)  # a budget the key's line does not name: the default
         label = key_label(key) if entry is not None else "anonymous"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.max_tokens
         charge = estimate_tokens(prompt, int(max_tokens))

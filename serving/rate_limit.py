@@ -15,6 +15,7 @@ times them. Keys are stored by the first 8 bytes of their SHA-256, never in clea
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import math
@@ -39,6 +40,12 @@ class Limits:
     @property
     def unlimited(self) -> bool:
         return self.requests_per_minute is None and self.tokens_per_minute is None
+
+    def or_else(self, defaults: "Limits") -> "Limits":
+        """These limits, with each budget left unset taken from `defaults`."""
+        return Limits(
+            self.requests_per_minute if self.requests_per_minute is not None else defaults.requests_per_minute,
+            self.tokens_per_minute if self.tokens_per_minute is not None else defaults.tokens_per_minute)
 
 
 @dataclass(frozen=True)
@@ -94,21 +101,19 @@ class Buckets:
             os.close(self._fd)
             self._fd = None
 
+    @contextlib.contextmanager
     def _locked(self):
-        fd = self._fd
+        """Exclusive across the workers mapping the file; a no-op for process memory."""
+        if self._fd is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-        class _Lock:
-            def __enter__(self_inner):
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-
-            def __exit__(self_inner, *exc):
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-
-        return _Lock()
-
-    def _slot(self, kid: bytes, limits: Limits, now: float) -> int:
+    def _slot(self, kid: bytes, now: float) -> int:
         """The slot of `kid`: its own, else an empty one, else one whose bucket is full again."""
         start = int.from_bytes(kid[:4], "little") % SLOTS
         reusable = None
@@ -134,7 +139,7 @@ class Buckets:
         tpm = limits.tokens_per_minute
         with self._locked():
             now = self.clock()
-            index = self._slot(kid, limits, now)
+            index = self._slot(kid, now)
             owner, requests, budget, updated = _SLOT.unpack_from(self._buf, index * _SLOT.size)
             if owner != kid:
                 requests, budget, updated = rpm or 0.0, tpm or 0.0, now
@@ -165,7 +170,7 @@ class Buckets:
             return
         kid = key_id(key)
         with self._locked():
-            index = self._slot(kid, limits, self.clock())
+            index = self._slot(kid, self.clock())
             owner, requests, budget, updated = _SLOT.unpack_from(self._buf, index * _SLOT.size)
             if owner != kid:
                 return  # evicted meanwhile: it has refilled anyway
