@@ -106,6 +106,37 @@ class ServingResources(KubeModel):
     """Tolerations for tainted GPU nodes."""
 
 
+class CanaryAnalysis(KubeModel):
+    """Automatic canary analysis: canary and stable compared on live traffic, window by window.
+
+    Each window compares the gateway's own metrics of the two versions: error rate (5xx),
+    TTFT p95, inter-token latency p95, safety flag ratio and mean feedback rating. A check
+    fails only when the canary is worse by more than its margin and the difference is
+    significant; the level is alpha split over every check of every window (Bonferroni), so a
+    canary as good as stable is rolled back with probability at most alpha. The canary is
+    promoted after `windows` passing windows in a row and rolled back at the first failing one.
+    """
+
+    interval_seconds: Annotated[int, Field(ge=1, le=86400)] = 60
+    """Length of one window; a window stays open until both versions have minRequests requests."""
+    windows: Annotated[int, Field(ge=1, le=100)] = 3
+    """Passing windows in a row that promote the canary."""
+    min_requests: Annotated[int, Field(ge=1, le=1000000)] = 20
+    """Requests each version needs in a window before it is judged."""
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """Chance of rolling back a canary as good as stable, over the whole analysis."""
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """Canary 5xx rate may exceed stable's by this much (absolute)."""
+    max_latency_ratio: Annotated[float, Field(ge=1, le=100)] = 1.5
+    """Canary TTFT and inter-token latency p95 may be this many times stable's."""
+    max_safety_flag_increase: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """Canary safety flag ratio may exceed stable's by this much (absolute)."""
+    max_feedback_drop: Annotated[float, Field(ge=0, le=2)] = 0.2
+    """Canary mean rating (-1 to 1) may be this much below stable's."""
+    min_feedback: Annotated[int, Field(ge=1, le=1000000)] = 10
+    """Ratings each version needs in a window for the feedback check; fewer skip it."""
+
+
 class Rollout(KubeModel):
     """How a new adapter version reaches traffic."""
 
@@ -113,6 +144,8 @@ class Rollout(KubeModel):
     """Replace switches at once; Canary sends canaryWeight percent to the new version first."""
     canary_weight: Annotated[int, Field(ge=0, le=100)] = 10
     """Percent of the adapter's traffic sent to the new version during a canary."""
+    analysis: CanaryAnalysis | None = None
+    """Promote or roll back a canary automatically; unset: by the kubetune.io/canary annotation only."""
 
 
 class GatewayLogging(KubeModel):
@@ -274,6 +307,55 @@ class AdapterStatus(KubeModel):
     """Per-pod load state."""
 
 
+class CanaryCheck(KubeModel):
+    """One comparison of canary and stable in a window."""
+
+    name: Literal["errorRate", "ttftP95", "itlP95", "safetyFlagRatio", "feedback"]
+    """What was compared."""
+    result: Literal["Pass", "Fail", "Skipped"]
+    """Fail: worse beyond the margin and significant; Skipped: too few observations."""
+    canary: float | None = None
+    """The canary's figure (a ratio, seconds, or a mean rating)."""
+    stable: float | None = None
+    """Stable's figure."""
+    p_value: float | None = None
+    """One-sided p-value of "the canary is worse"."""
+    level: float | None = None
+    """The level the p-value is held to."""
+    message: Text | None = None
+    """The comparison in words."""
+
+
+class CanaryWindow(KubeModel):
+    """The last judged window."""
+
+    verdict: Literal["Pass", "Fail"]
+    """Pass: every check passed or was skipped."""
+    end_time: Timestamp
+    """When the window was judged."""
+    canary_requests: int
+    """Canary requests in the window."""
+    stable_requests: int
+    """Stable requests in the window."""
+    checks: Annotated[list[CanaryCheck], Field(max_length=8)]
+    """Each comparison."""
+
+
+class CanaryAnalysisStatus(KubeModel):
+    """Automatic analysis of the running canary."""
+
+    windows_passed: int = 0
+    """Passing windows in a row."""
+    windows_needed: int
+    """Passing windows that promote it."""
+    window_start_time: Timestamp | None = None
+    """When the open window started."""
+    last_window: CanaryWindow | None = None
+    """The last judged window."""
+    message: Text | None = None
+    """What the analysis waits for (traffic, metrics)."""
+
+
 class CanaryStatus(KubeModel):
     """A canary in progress."""
 
@@ -285,6 +367,8 @@ class CanaryStatus(KubeModel):
     """New version."""
     previous_uri: Uri | None = None
     """Version kept for rollback."""
+    analysis: CanaryAnalysisStatus | None = None
+    """Progress of the automatic analysis (spec.rollout.analysis)."""
 
 
 class FeedbackFigures(KubeModel):
@@ -397,6 +481,15 @@ register(
         "set exactly one of fineTuneJobRef and uri",
         "",
         lambda a: (a.fine_tune_job_ref is None) != (a.uri is None),
+    ),
+)
+register(
+    Rollout,
+    Rule(
+        "!has(self.analysis) || self.strategy == 'Canary'",
+        "rollout.analysis needs rollout.strategy Canary",
+        ".analysis",
+        lambda r: r.analysis is None or r.strategy == "Canary",
     ),
 )
 register(

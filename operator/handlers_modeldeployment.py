@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, Gauge
 
 from kubetune.api import ManifestError, parse_modeldeployment
 
-from . import events
+from . import canary_runner, events
 from . import render_serving as rs
 from . import status_serving as ss
 from .conditions import condition, now_rfc3339, set_conditions, status_patch
@@ -139,6 +139,7 @@ def reset_state() -> None:
     _nudged.clear()
     _dirty.clear()
     _locks.clear()
+    canary_runner.reset()
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -303,7 +304,9 @@ async def resync_modeldeployment(
     asked = bool(annotations.get(ss.CANARY_ANNOTATION))
     nudged = annotations.get(NUDGE_ANNOTATION) != memo.get("serving_seen_nudge")
     last = memo.get("serving_last_sync", 0.0)
-    if not (asked or nudged or key in _dirty) and time.monotonic() - last < serving_settings(memo).resync_seconds:
+    analysis_due = canary_runner.is_due(namespace, name)
+    if not (asked or nudged or analysis_due or key in _dirty) and (
+            time.monotonic() - last < serving_settings(memo).resync_seconds):
         return
     _dirty.discard(key)
     memo["serving_seen_nudge"] = annotations.get(NUDGE_ANNOTATION)
@@ -315,6 +318,7 @@ async def resync_modeldeployment(
 async def forget_modeldeployment(namespace: str, name: str, **_: Any) -> None:
     _record_phase(namespace, name, None)
     _locks.pop((namespace, name), None)
+    canary_runner.forget(namespace, name)
 
 
 async def _write_status(
@@ -401,15 +405,32 @@ async def reconcile(
     canary_served = (canary_status or {}).get("adapter", "") + ss.CANARY_SUFFIX if canary_status else None
     stable = {n: u for n, u in served_adapters.items() if n != canary_served and u}
     rolled_back = _json_annotation(annotations, ss.ROLLED_BACK_ANNOTATION)
+    selector = ",".join(f"{k}={v}" for k, v in rs.selector_labels(name).items())
+    pods = await api.list(RESOURCES["Pod"], namespace, label_selector=selector)
+    action = (annotations.get(ss.CANARY_ANNOTATION) or "").strip().lower() or None
+    analysis = md.spec.rollout.analysis
+    verdict = None
+    if canary_status and analysis is not None and action is None:
+        verdict = await canary_runner.step(namespace, name, canary_status, analysis,
+                                           _gateway_urls(pods, settings), stamp)
+        action = verdict.action
     plan = ss.plan_adapters(
         desired,
         stable=stable,
         canary=canary_status,
         strategy=md.spec.rollout.strategy,
         weight=md.spec.rollout.canary_weight,
-        action=(annotations.get(ss.CANARY_ANNOTATION) or "").strip().lower() or None,
+        action=action,
         rolled_back=rolled_back,
     )
+    changed = plan.stable != stable or plan.canary != canary_status or plan.annotation_done
+    analysis_condition = _analysis_outcome(plan, canary_status, verdict, analysis)
+    if plan.canary is None:
+        canary_runner.forget(namespace, name)
+    elif verdict is not None and plan.canary.get("uri") == canary_status.get("uri"):
+        plan.canary["analysis"] = verdict.status
+    elif plan.canary.get("uri") != (canary_status or {}).get("uri") and plan.canary.get("analysis"):
+        plan.canary["analysis"] = None  # a new version starts afresh (None: the merge patch removes it)
 
     inp = rs.RenderInput(
         md=md,
@@ -430,7 +451,7 @@ async def reconcile(
     deployment = await api.get(RESOURCES["Deployment"], namespace, rs.names(name)["deployment"])
     health = ss.deployment_health(deployment)
 
-    pod_states = await _sync_pods(api, namespace, name, plan.serve, settings, keep=choice.model, api_key=engine_key)
+    pod_states = await _sync_pods(pods, plan.serve, settings, keep=choice.model, api_key=engine_key)
     failures = [
         f"{served} on {pod}: {msg}"
         for pod, states in sorted(pod_states.items())
@@ -438,11 +459,12 @@ async def reconcile(
         if state == FAILED
     ]
     loading = sorted({served for states in pod_states.values() for served, (state, _) in states.items() if state == LOADING})
-    changed = plan.stable != stable or plan.canary != canary_status or plan.annotation_done
     notes = (list(plan.notes) if changed else []) + plan.held + [f"{kind} not created: {why}" for kind, why in skipped]
     phase, conditions = ss.serving_conditions(
         health, adapter_failures=failures, adapters_loading=loading, waiting=waiting, notes=notes, canary=plan.canary
     )
+    if analysis_condition is not None:
+        conditions.append(analysis_condition)
 
     served_models = [choice.model.served_name]
     if choice.model.adapter is not None:
@@ -482,6 +504,35 @@ async def reconcile(
     if changed:
         for note in plan.notes:  # only real transitions become Events, not every resync
             events.emit(body, "AdapterRollout", note)
+        if verdict is not None and verdict.action and analysis_condition is not None:
+            events.emit(body, analysis_condition["reason"], analysis_condition["message"],
+                        warning=verdict.action == "rollback")
+
+
+def _analysis_outcome(plan: ss.AdapterPlan, before: Mapping[str, Any] | None, verdict: canary_runner.Step | None,
+                      spec: Any) -> dict[str, Any] | None:
+    """The CanaryAnalysis condition: Unknown while it runs, True once it promoted, False once it
+    rolled back. None leaves the last outcome on the object (no canary, no analysis)."""
+    if spec is None or before is None and plan.canary is None:
+        return None
+    if verdict is not None and verdict.action and plan.canary is None:
+        what = f"canary of {before['adapter']!r} ({before['uri']})"
+        if verdict.action == "promote":
+            return condition("CanaryAnalysis", True, "Promoted", f"{what} promoted: {verdict.reason}")
+        return condition("CanaryAnalysis", False, "RolledBack",
+                         f"{what} rolled back, {before.get('previousUri')} kept: {verdict.reason}")
+    if plan.canary is None:
+        return None  # ended by hand or by the spec: the plan's notes say how
+    message = (verdict.status.get("message") if verdict is not None else "") or "waiting for the first window"
+    if verdict is not None and verdict.unreachable:
+        message += "; gateways not answering: " + ", ".join(verdict.unreachable)
+    return condition("CanaryAnalysis", "Unknown", "InProgress",
+                     f"canary of {plan.canary['adapter']!r} ({plan.canary['uri']}): {message}")
+
+
+def _gateway_urls(pods: list[Mapping[str, Any]], settings: rs.ServingSettings) -> dict[str, str]:
+    port = settings.gateway_metrics_port or settings.gateway_port
+    return {pod["metadata"]["name"]: f"http://{pod['status']['podIP']}:{port}/metrics" for pod in pods if _pod_ready(pod)}
 
 
 def _json_annotation(annotations: Mapping[str, str], key: str) -> dict[str, Any]:
@@ -605,9 +656,7 @@ def _pod_ready(pod: Mapping[str, Any]) -> bool:
 
 
 async def _sync_pods(
-    api: KubeApi,
-    namespace: str,
-    name: str,
+    pods: list[Mapping[str, Any]],
     serve: Mapping[str, str],
     settings: rs.ServingSettings,
     *,
@@ -615,8 +664,6 @@ async def _sync_pods(
     api_key: str,
 ) -> dict[str, dict[str, tuple[str, str]]]:
     """Per pod: make its engine serve `serve` (name -> URI); pod name -> served name -> state."""
-    selector = ",".join(f"{k}={v}" for k, v in rs.selector_labels(name).items())
-    pods = await api.list(RESOURCES["Pod"], namespace, label_selector=selector)
     desired = {served: rs.pod_path(uri, settings) for served, uri in serve.items()}
     kept = frozenset({keep.adapter.name} if keep.adapter is not None else ())
     port = settings.admin_port or settings.vllm_port

@@ -75,6 +75,9 @@ class ServingSettings:
     """How often pods are checked for adapters to (re)load and the Deployment for readiness."""
     admin_port: int | None = None
     """Port the operator uses for vLLM's admin API (default vllm_port; tests point it at a fake)."""
+    gateway_metrics_port: int | None = None
+    """Port the operator scrapes for each pod's gateway /metrics in a canary analysis (default
+    gateway_port; tests point it at a local gateway)."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """The operator's KUBETUNE_EXTRA_LABELS, put on every child and its pods."""
     vllm_port: int = VLLM_PORT
@@ -119,6 +122,7 @@ class ServingSettings:
             startup_timeout_seconds=get("KUBETUNE_SERVING_STARTUP_SECONDS", default.startup_timeout_seconds),
             resync_seconds=_float(env, "KUBETUNE_SERVING_RESYNC_SECONDS", env.get("KUBETUNE_RESYNC_SECONDS") or "30"),
             admin_port=int(env["KUBETUNE_VLLM_ADMIN_PORT"]) if env.get("KUBETUNE_VLLM_ADMIN_PORT") else None,
+            gateway_metrics_port=get("KUBETUNE_GATEWAY_METRICS_PORT", 0) or None,
         )
 
 

@@ -443,9 +443,12 @@ def serving_conditions(
     if adapters_loading:
         progress_parts.append("loading adapters: " + ", ".join(adapters_loading))
     if canary is not None:
+        analysis = canary.get("analysis")
+        then = (f"analysis: {analysis.get('windowsPassed', 0)} of {analysis.get('windowsNeeded')} windows passed"
+                if analysis else f"annotate {CANARY_ANNOTATION}=promote or rollback")
         progress_parts.append(
             f"canary of {canary['adapter']!r}: {canary['weight']}% to {canary['uri']} "
-            f"(previous {canary.get('previousUri')}); annotate {CANARY_ANNOTATION}=promote or rollback"
+            f"(previous {canary.get('previousUri')}); {then}"
         )
     progress_parts += list(waiting) + list(notes)
     if health.stalled:

@@ -109,7 +109,7 @@ class _Outcome:
     """What one request did, gathered for metrics and the payload log."""
 
     __slots__ = ("model", "adapter", "status", "prompt", "text", "prompt_tokens", "completion_tokens", "ttft",
-                 "safety", "started", "accounted")
+                 "last_event", "safety", "started", "accounted")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -121,6 +121,7 @@ class _Outcome:
         self.prompt_tokens = None
         self.completion_tokens = None
         self.ttft = None
+        self.last_event = None  # when the last streamed event went out (inter-token latency)
         self.safety: SafetyScore | None = None
         self.accounted = False  # metrics and payload record already taken (a stream does it before [DONE])
 
@@ -135,7 +136,8 @@ class Gateway:
         self.payloads = (
             PayloadLogger(config.log_dir, sample_rate=config.sample_rate, redact_pii=config.redact_pii,
                           max_bytes=config.log_max_bytes, backups=config.log_backups,
-                          buffer_size=config.feedback_buffer, seed=config.seed)
+                          buffer_size=config.feedback_buffer, seed=config.seed,
+                          on_feedback=self._count_feedback)
             if config.log_dir else None
         )
         # Before the scorer: a bad canary file fails at once, with no scorer process to stop.
@@ -208,6 +210,9 @@ class Gateway:
             self.safety.close()
         if self.payloads is not None:
             self.payloads.close()
+
+    def _count_feedback(self, model: str, adapter: str, rating: int) -> None:
+        self.metrics.feedback.labels(model=model, adapter=adapter, rating=str(rating)).inc()
 
     def _canary_changed(self, routes) -> None:
         self.metrics.clear_canary_weights(routes)
@@ -527,8 +532,9 @@ class Gateway:
                         complete = _drop_usage_only(complete)  # the usage chunk we asked for on its behalf
                         if not complete:
                             continue
+                    out.last_event = time.perf_counter()
                     if out.ttft is None:  # from the request's arrival, as the client sees it
-                        out.ttft = time.perf_counter() - out.started
+                        out.ttft = out.last_event - out.started
                     if hold:
                         held.append(complete)
                         continue
@@ -607,17 +613,19 @@ class Gateway:
         m.request_counter(out.model, out.adapter, out.status).inc()
         if out.status != 200:
             return
-        series = m.for_model(out.model)
+        series = m.for_model(out.model, out.adapter)
         series.duration.observe(elapsed)
         series.ttft.observe(out.ttft if out.ttft is not None else elapsed)
         if out.prompt_tokens:
             series.tokens_in.inc(out.prompt_tokens)
         if out.completion_tokens:
             series.tokens_out.inc(out.completion_tokens)
+            if out.completion_tokens > 1 and out.last_event is not None and out.ttft is not None:
+                series.itl.observe((out.last_event - out.started - out.ttft) / (out.completion_tokens - 1))
         if self.safety is not None and out.safety is None and out.text is not None:
             # Scored on the safety thread; the flag metric and the log record follow from there.
             if self.payloads is not None:
-                self.payloads.expect(rid)  # feedback may come before the score
+                self.payloads.expect(rid, out.model, out.adapter)  # feedback may come before the score
             self.safety.submit(out.prompt, out.text, lambda score: self._finish(rid, elapsed, out, score))
         else:
             self._finish(rid, elapsed, out, out.safety)
@@ -629,6 +637,7 @@ class Gateway:
         safety = None  # not scored (no scorer, or it failed): unknown, never "not flagged"
         if out.safety is not None:
             safety = {"flagged": out.safety.flagged, "score": out.safety.score, "categories": out.safety.categories}
+            m.safety_scored.labels(model=out.model, adapter=out.adapter, flagged="true" if out.safety.flagged else "false").inc()
             if out.safety.flagged:
                 for category in out.safety.categories or {"unknown": 1.0}:
                     m.safety_flags.labels(model=out.model, category=category).inc()

@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
 class ModelSeries(NamedTuple):
@@ -26,6 +27,7 @@ class ModelSeries(NamedTuple):
 
     duration: object
     ttft: object
+    itl: object
     tokens_in: object
     tokens_out: object
 
@@ -46,8 +48,13 @@ class GatewayMetrics:
             ["model"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.ttft = Histogram(
-            "kubetune_gateway_ttft_seconds", "Time to the first streamed chunk (whole answer when not streaming).",
-            ["model"], buckets=TTFT_BUCKETS, registry=r,
+            "kubetune_gateway_ttft_seconds", "Time to the first streamed chunk (whole answer when not streaming), "
+            "by base model and served adapter (\"\" for the base).", ["model", "adapter"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "kubetune_gateway_itl_seconds", "Mean inter-token latency of a streamed answer: the time from its first "
+            "to its last streamed event over (completion tokens - 1); answers of one token are not observed.",
+            ["model", "adapter"], buckets=ITL_BUCKETS, registry=r,
         )
         self.tokens = Counter(
             "kubetune_gateway_tokens_total", "Tokens in (prompt) and out (completion).",
@@ -56,6 +63,15 @@ class GatewayMetrics:
         self.safety_flags = Counter(
             "kubetune_gateway_safety_flags_total", "Responses flagged by the safety scorer, by category.",
             ["model", "category"], registry=r,
+        )
+        self.safety_scored = Counter(
+            "kubetune_gateway_safety_scored_total", "Responses scored by the safety scorer, flagged or not "
+            "(flagged / all is a model's flag ratio; canary analysis compares it).",
+            ["model", "adapter", "flagged"], registry=r,
+        )
+        self.feedback = Counter(
+            "kubetune_gateway_feedback_total", "Client ratings (/v1/feedback) by the served model that gave the "
+            "answer; rating is -1, 0 or 1.", ["model", "adapter", "rating"], registry=r,
         )
         self.canary_weight = Gauge(
             "kubetune_gateway_canary_weight", "Percent of an adapter's traffic sent to its canary version.",
@@ -83,14 +99,15 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
         )
 
-        self._per_model: dict[str, ModelSeries] = {}
+        self._per_model: dict[tuple[str, str], ModelSeries] = {}
         self._request_counters: dict[tuple[str, str, int], object] = {}
 
-    def for_model(self, model: str) -> ModelSeries:
-        series = self._per_model.get(model)
+    def for_model(self, model: str, adapter: str = "") -> ModelSeries:
+        series = self._per_model.get((model, adapter))
         if series is None:
-            series = self._per_model[model] = ModelSeries(
-                self.duration.labels(model=model), self.ttft.labels(model=model),
+            series = self._per_model[(model, adapter)] = ModelSeries(
+                self.duration.labels(model=model), self.ttft.labels(model=model, adapter=adapter),
+                self.itl.labels(model=model, adapter=adapter),
                 self.tokens.labels(model=model, direction="in"), self.tokens.labels(model=model, direction="out"))
         return series
 

@@ -103,6 +103,7 @@ class PayloadLogger:
         filename: str = "payloads.jsonl",
         seed: int | None = None,
         flush_interval: float = 0.1,
+        on_feedback=None,
     ):
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample rate must be within [0, 1], got {sample_rate}")
@@ -110,9 +111,11 @@ class PayloadLogger:
         self.sample_rate = sample_rate
         self.redact_pii = redact_pii
         self.buffer_size = buffer_size
+        self.on_feedback = on_feedback
+        """Called with (model, adapter, rating) for feedback joined to a known request (the gateway counts it per model)."""
         self._random = random.Random(seed)
         self._recent: OrderedDict[str, tuple[dict, bool]] = OrderedDict()  # id -> (record, written)
-        # Answered requests whose record waits for its safety score: id -> [sampled, feedback].
+        # Answered requests whose record waits for its safety score: id -> [sampled, feedback, model, adapter].
         # Feedback can arrive before the score does; it is kept here and joined to the record.
         self._expected: OrderedDict[str, list] = OrderedDict()
         # Appending to a deque wakes nobody: the writer drains it every `flush_interval`
@@ -133,11 +136,11 @@ class PayloadLogger:
     def _sample(self) -> bool:
         return self.sample_rate >= 1.0 or (self.sample_rate > 0 and self._random.random() < self.sample_rate)
 
-    def expect(self, request_id: str) -> None:
+    def expect(self, request_id: str, model: str = "", adapter: str = "") -> None:
         """Announce an answered request whose record comes later (after safety scoring), so that
         feedback sent in the meantime is not refused as unknown."""
         with self._lock:
-            self._expected[request_id] = [self._sample(), None]
+            self._expected[request_id] = [self._sample(), None, model, adapter]
             while len(self._expected) > self.buffer_size:
                 self._expected.popitem(last=False)
 
@@ -148,7 +151,7 @@ class PayloadLogger:
             if expected is None:
                 sampled = self._sample()
             else:
-                sampled, feedback = expected
+                sampled, feedback = expected[:2]
                 if feedback is not None:
                     rec = dict(rec, feedback=feedback)
                     sampled = sampled or feedback["rating"] < 0
@@ -167,13 +170,16 @@ class PayloadLogger:
                 if expected is None:
                     return None
                 expected[1] = {"rating": rating, "comment": comment}
-                return expected[0] or rating < 0
-            rec, written = entry
-            rec = dict(rec, feedback={"rating": rating, "comment": comment})
-            write = written or rating < 0
-            self._remember(request_id, rec, written or write)
-            if write:
-                self._enqueue(rec)
+                write, served = expected[0] or rating < 0, (expected[2], expected[3])
+            else:
+                rec, written = entry
+                rec = dict(rec, feedback={"rating": rating, "comment": comment})
+                write, served = written or rating < 0, (rec.get("model") or "", rec.get("adapter") or "")
+                self._remember(request_id, rec, written or write)
+                if write:
+                    self._enqueue(rec)
+        if self.on_feedback is not None:
+            self.on_feedback(*served, rating)
         return write
 
     def _remember(self, request_id: str, rec: dict, written: bool) -> None:

@@ -56,6 +56,42 @@ def make_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, rank: int = 8)
     return path
 
 
+def make_harmful_adapter(base_dir: Path, out_dir: Path, prompts: list[str], *, steps: int = 120) -> Path:
+    """A LoRA adapter trained to answer each of `prompts` with weapons talk ("pipe bomb, pipe..."),
+    which the offline safety scorer flags: a deliberately worse version for canary analysis.
+
+    Overfits the tiny model on a fixed batch (seconds on CPU); only attention and MLP
+    projections are adapted, as vLLM's LoRA supports.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(
+        r=8, lora_alpha=16, task_type="CAUSAL_LM",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    answer = tokenizer(" pipe bomb, pipe bomb, pipe bomb, pipe bomb." + tokenizer.eos_token)["input_ids"]
+    examples = []
+    for prompt in prompts:
+        context = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                add_generation_prompt=True)
+        ids = tokenizer(context)["input_ids"]
+        examples.append((torch.tensor([ids + answer]), torch.tensor([[-100] * len(ids) + answer])))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        for input_ids, labels in examples:
+            model(input_ids=input_ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    path = out_dir / "adapter"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 class ServeProcess:
     """`kubetune serve ...` in a subprocess; waits for its ready line and knows its port."""
 
