@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from . import canary_analysis as ca
+from .status_serving import CANARY_SUFFIX
 
 SCRAPE_TIMEOUT_SECONDS = 5.0
 RECHECK_SECONDS = 15.0
@@ -56,9 +57,9 @@ def reset() -> None:
     _due.clear()
 
 
-def is_due(namespace: str, name: str, now: float | None = None) -> bool:
+def is_due(namespace: str, name: str) -> bool:
     due = _due.get((namespace, name))
-    return due is not None and (time.monotonic() if now is None else now) >= due
+    return due is not None and time.monotonic() >= due
 
 
 async def scrape(pod_urls: Mapping[str, str]) -> tuple[dict[str, dict[str, ca.Counts]], list[str]]:
@@ -106,13 +107,11 @@ async def step(namespace: str, name: str, canary: Mapping[str, Any], spec: Any, 
     if now - window.started < spec.interval_seconds:
         return Step({**base, "message": previous.get("message") or ""}, unreachable=failed)
     counts = ca.window_counts(window.snapshot, snapshot)
-    judged = ca.judge(counts.get(adapter + "-canary", {}), counts.get(adapter, {}), spec)
+    canary_counts, stable_counts = counts.get(adapter + CANARY_SUFFIX, {}), counts.get(adapter, {})
+    judged = ca.judge(canary_counts, stable_counts, spec)
     if judged is None:
         _due[key] = now + min(RECHECK_SECONDS, spec.interval_seconds)
-        message = ca.waiting_message(counts.get(adapter + "-canary", {}), counts.get(adapter, {}), spec)
-        if failed:
-            message += "; gateways not answering: " + ", ".join(failed)
-        return Step({**base, "message": message}, unreachable=failed)
+        return Step({**base, "message": ca.waiting_message(canary_counts, stable_counts, spec)}, unreachable=failed)
     decision = ca.decide(judged, base["windowsPassed"], spec)
     _windows[key] = _Window(uri, now, stamp, snapshot)
     _due[key] = now + spec.interval_seconds
