@@ -433,6 +433,43 @@ class EvaluationResult(KubeModel):
     """Full evaluation report (JSON)."""
 
 
+class DatasetSourceSummary(KubeModel):
+    """One dataset source as the trainer read it."""
+
+    name: Name
+    """The source's name in spec.datasets."""
+    rows_read: Annotated[int, Field(ge=0)] = 0
+    """Rows in the file."""
+    rows_used: Annotated[int, Field(ge=0)] = 0
+    """Rows that became examples."""
+    bad_rows: Annotated[int, Field(ge=0)] = 0
+    """Rows that could not be read or converted (examples in dataset_report.json, with file:line)."""
+
+
+class DatasetSummary(KubeModel):
+    """What data preparation did, from the trainer's dataset report (the full one is the artifact's
+    dataset_report.json)."""
+
+    rows_in: Annotated[int, Field(ge=0)] = 0
+    """Rows read over all sources."""
+    train: Annotated[int, Field(ge=0)] = 0
+    """Training samples after cleaning, mixing and balancing."""
+    validation: Annotated[int, Field(ge=0)] = 0
+    """Held-out samples."""
+    dropped: dict[str, int] | None = None
+    """Rows dropped, by reason: badRow, empty, duplicateExact, duplicateNear, templateError, tooLong, undersampled."""
+    redacted_rows: Annotated[int, Field(ge=0)] | None = None
+    """Rows in which PII was redacted."""
+    redactions: dict[str, int] | None = None
+    """Redactions by kind (EMAIL, PHONE, ...)."""
+    train_tokens: Annotated[int, Field(ge=0)] | None = None
+    """Tokens in the training split."""
+    sources: Annotated[list[DatasetSourceSummary], Field(max_length=32)] | None = None
+    """Per source."""
+    digest: ShortStr | None = None
+    """sha256 over the prepared token streams: equal digests, equal training data."""
+
+
 class Failure(KubeModel):
     """The real cause of a failure."""
 
@@ -465,6 +502,8 @@ class FineTuneJobStatus(KubeModel):
     """The exported model."""
     evaluation: EvaluationResult | None = None
     """Evaluation results and gates."""
+    dataset: DatasetSummary | None = None
+    """What data preparation read, kept and dropped."""
     failure: Failure | None = None
     """Why the run failed."""
 

@@ -121,8 +121,9 @@ class CanaryAnalysis(KubeModel):
     """Length of one window; a window stays open until both versions have minRequests requests."""
     windows: Annotated[int, Field(ge=1, le=100)] = 3
     """Passing windows in a row that promote the canary."""
-    min_requests: Annotated[int, Field(ge=1, le=1000000)] = 20
-    """Requests each version needs in a window before it is judged."""
+    min_requests: Annotated[int, Field(ge=1, le=1000000)] = 100
+    """Requests each version needs in a window before it is judged; the latency and safety checks
+    need half as many observations (answers that succeeded, streamed or were scored) or are skipped."""
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Chance of rolling back a canary as good as stable, over the whole analysis."""
     max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.02
@@ -382,6 +383,9 @@ class FeedbackFigures(KubeModel):
     """Rated -1 (kept out of the retraining window)."""
     mean_rating: float | None = None
     """Mean rating, -1 to 1."""
+    preference_pairs: int | None = None
+    """Preference pairs the ratings gave (one prompt, an answer rated +1 and one rated -1 or
+    flagged): the data a dpo or orpo retraining template trains on."""
 
 
 class MonitoringStatus(KubeModel):

@@ -90,7 +90,7 @@ class FineTuneJobStatusSink:
         self._send(self._with_pending({"phase": mapped}), final=True)
 
     def on_result(self, status: dict) -> None:
-        allowed = {k: v for k, v in status.items() if k in ("artifact", "evaluation")}
+        allowed = {k: v for k, v in status.items() if k in ("artifact", "evaluation", "dataset")}
         if len(allowed) != len(status):
             log.warning("ignoring status keys the trainer does not own: %s", sorted(set(status) - set(allowed)))
         if allowed:

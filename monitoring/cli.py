@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     where.add_argument("--current", nargs="+", help="payload log file(s) or folder(s), or a dataset file")
     where.add_argument("--report", help="write the HTML drift report here")
     where.add_argument("--json", dest="json_out", help="write the JSON summary here (default: print it)")
-    where.add_argument("--window-data", help="also write the window as redacted training data (alpaca JSONL)")
+    where.add_argument("--window-data", help="also write the window as redacted training data (alpaca JSONL), "
+                                             "with rated preference pairs in preferences.jsonl beside it")
     where.add_argument("--fail-on-drift", action="store_true", help=f"exit {EXIT_DRIFT} when drift is detected")
     cluster = p.add_argument_group("in-cluster job")
     cluster.add_argument("--deployment", help="ModelDeployment to check; figures go to its status")
@@ -126,7 +127,9 @@ def _run_local(args: argparse.Namespace) -> int:
         data = write_window(current.records, Path(args.window_data))
         result.summary["window"] = {"file": str(data.path), "rows": data.rows, "digest": data.digest,
                                     "excludedFlagged": data.excluded_flagged,
-                                    "excludedNegative": data.excluded_negative, "duplicates": data.duplicates}
+                                    "excludedNegative": data.excluded_negative, "duplicates": data.duplicates,
+                                    "preferenceFile": str(data.preference_path),
+                                    "preferencePairs": data.preference_pairs}
     if args.json_out:
         atomic_write_json(args.json_out, result.summary)
     else:

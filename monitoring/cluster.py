@@ -108,7 +108,7 @@ def run_in_cluster(
     from .policy import PolicyInput, decide
     from .records import load, load_many
     from .reference import ReferenceMissing, reference_file
-    from .window import feedback_figures, window_id, write_window
+    from .window import PREFERENCES_FILE, feedback_figures, window_id, write_window
 
     now = now or datetime.now(timezone.utc)
     stamp = rfc3339(now)
@@ -165,8 +165,9 @@ def run_in_cluster(
     window = write_window(current.records, out_dir / "window.jsonl")
     summary["window"] = {"id": wid, "start": rfc3339(since), "end": stamp, "uri": f"{out_uri}/window.jsonl",
                          "rows": window.rows, "digest": window.digest, "excludedFlagged": window.excluded_flagged,
-                         "excludedNegative": window.excluded_negative}
-    summary["feedback"] = feedback_figures(current.records)
+                         "excludedNegative": window.excluded_negative,
+                         "preferenceUri": f"{out_uri}/{PREFERENCES_FILE}", "preferencePairs": window.preference_pairs}
+    summary["feedback"] = {**feedback_figures(current.records), "preferencePairs": window.preference_pairs}
     result.write_html(out_dir / "report.html")
 
     # Consecutive drifted checks: a new deploy since the last check starts the count again (the

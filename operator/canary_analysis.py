@@ -252,21 +252,31 @@ def check_level(spec: Any) -> float:
     return spec.alpha / (len(CHECKS) * spec.windows)
 
 
+def observations_needed(spec: Any) -> int:
+    """What a latency or safety check needs of each version: half of minRequests.
+
+    Those checks see only the answers that succeeded (TTFT, safety scores) or streamed (ITL),
+    so asking them for the full minRequests would skip them whenever a window held one error.
+    """
+    return max(1, math.ceil(spec.min_requests / 2))
+
+
 def judge(canary: Counts, stable: Counts, spec: Any) -> Window | None:
     """The window's verdict, or None while either version has fewer than minRequests requests."""
     n_c, n_s = requests(canary), requests(stable)
     if n_c < spec.min_requests or n_s < spec.min_requests:
         return None
     level = check_level(spec)
+    observed = observations_needed(spec)
     checks = [
         _proportion_check("errorRate", "error rate", int(canary.get(("error",), 0)), n_c,
-                          int(stable.get(("error",), 0)), n_s, spec.max_error_rate_increase, level, spec.min_requests),
-        _latency_check("ttftP95", "TTFT", canary, stable, "ttft", spec.max_latency_ratio, level, spec.min_requests),
+                          int(stable.get(("error",), 0)), n_s, spec.max_error_rate_increase, level, observed),
+        _latency_check("ttftP95", "TTFT", canary, stable, "ttft", spec.max_latency_ratio, level, observed),
         _latency_check("itlP95", "inter-token latency", canary, stable, "itl", spec.max_latency_ratio, level,
-                       spec.min_requests),
+                       observed),
         _proportion_check("safetyFlagRatio", "safety flag ratio", int(canary.get(("flagged",), 0)),
                           int(canary.get(("scored",), 0)), int(stable.get(("flagged",), 0)),
-                          int(stable.get(("scored",), 0)), spec.max_safety_flag_increase, level, spec.min_requests),
+                          int(stable.get(("scored",), 0)), spec.max_safety_flag_increase, level, observed),
         _feedback_check(canary, stable, spec.max_feedback_drop, level, spec.min_feedback),
     ]
     verdict = "Fail" if any(c.result == "Fail" for c in checks) else "Pass"

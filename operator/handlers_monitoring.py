@@ -32,6 +32,7 @@ from .render_retraining import (
     Window,
     render_retraining_job,
     retraining_job_name,
+    trains_on_preferences,
     window_from_report_uri,
 )
 
@@ -175,13 +176,20 @@ async def act_on_retraining(api: KubeApi, body: Mapping[str, Any]) -> str | None
         await _set_status(api, body, [condition("RetrainingRequested", False, "NotAuto",
                                                 f"retraining mode is {mode}; nothing created")])
         return None
+    monitoring = status.get("monitoring") or {}
     try:
-        window = window_from_report_uri((status.get("monitoring") or {}).get("reportUri") or "")
+        window = window_from_report_uri(monitoring.get("reportUri") or "")
         job = render_retraining_job(body, window, trigger=request.get("reason", ""), message=request.get("message", ""))
         parse_finetunejob(job)
     except (ValueError, ManifestError) as exc:
         events.emit(body, "RetrainingInvalid", str(exc), warning=True)
         await _set_status(api, body, [condition("RetrainingRequested", False, "InvalidTemplate", str(exc)[:2000])])
+        return None
+    pairs = (monitoring.get("feedback") or {}).get("preferencePairs") or 0
+    if trains_on_preferences(job["spec"]) and pairs == 0:
+        why = (f"the template's objective {job['spec']['objective']['type']} trains on rated pairs, and window "
+               f"{window.id} has none (a prompt needs one answer rated +1 and another rated -1 or flagged)")
+        await _set_status(api, body, [condition("RetrainingRequested", False, "NoPreferencePairs", why)])
         return None
     job_name = job["metadata"]["name"]
     if await api.get(FTJ_RES, namespace, job_name) is None:

@@ -2,7 +2,8 @@
 
 Its name is derived from the deployment and the traffic window, so creating it twice (a retried
 handler, an operator restart) finds the first one instead of starting a second training. Its
-datasets are the template's plus the window written by the monitor job; labels and annotations
+datasets are the template's plus the window written by the monitor job: the SFT rows, or the
+rated preference pairs when the template's objective is dpo or orpo. Labels and annotations
 record where it came from and why.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api import API_VERSION
+from kubetune.api.finetunejob import PREFERENCE_OBJECTIVES
 
 from .render_common import LABEL_MODELDEPLOYMENT, child_name
 
@@ -31,6 +33,8 @@ class Window:
     id: str
     uri: str
     """The window's training data (alpaca JSON lines), as the monitor job wrote it."""
+    preference_uri: str = ""
+    """Its rated preference pairs (prompt/chosen/rejected JSON lines)."""
 
 
 def window_from_report_uri(report_uri: str) -> Window:
@@ -41,11 +45,24 @@ def window_from_report_uri(report_uri: str) -> Window:
     wid = folder.rpartition("/")[2]
     if not wid:
         raise ValueError(f"status.monitoring.reportUri {report_uri!r} has no window folder")
-    return Window(wid, f"{folder}/window.jsonl")
+    return Window(wid, f"{folder}/window.jsonl", f"{folder}/preferences.jsonl")
 
 
 def retraining_job_name(deployment: str, window_id: str) -> str:
     return child_name(deployment, f"rt-{window_id}")
+
+
+def trains_on_preferences(job_spec: Mapping[str, Any]) -> bool:
+    return ((job_spec.get("objective") or {}).get("type") or "sft") in PREFERENCE_OBJECTIVES
+
+
+def window_dataset(job_spec: Mapping[str, Any], window: Window) -> dict[str, Any]:
+    """The dataset source the window adds: its rated pairs for a preference objective, else its rows."""
+    if trains_on_preferences(job_spec):
+        if not window.preference_uri:
+            raise ValueError(f"window {window.id} has no preference pairs file")
+        return {"name": f"feedback-{window.id}"[:63], "uri": window.preference_uri, "format": "preference"}
+    return {"name": f"traffic-{window.id}"[:63], "uri": window.uri, "format": "alpaca"}
 
 
 def render_retraining_job(
@@ -61,9 +78,9 @@ def render_retraining_job(
     tmeta = template.get("metadata") or {}
     job_spec = json.loads(json.dumps(template["spec"]))  # deep copy of plain JSON
     datasets = list(job_spec.get("datasets") or [])
-    dataset_name = f"traffic-{window.id}"[:63]
-    if not any(d.get("name") == dataset_name for d in datasets):
-        datasets.append({"name": dataset_name, "uri": window.uri, "format": "alpaca"})
+    source = window_dataset(job_spec, window)
+    if not any(d.get("name") == source["name"] for d in datasets):
+        datasets.append(source)
     job_spec["datasets"] = datasets
     monitoring = spec.get("monitoring") or {}
     thresholds = {
@@ -79,7 +96,7 @@ def render_retraining_job(
     annotations.update({
         ANNOTATION_TRIGGER: trigger,
         ANNOTATION_MESSAGE: message[:2000],
-        ANNOTATION_WINDOW: json.dumps({"id": window.id, "uri": window.uri}, sort_keys=True),
+        ANNOTATION_WINDOW: json.dumps({"id": window.id, "uri": source["uri"]}, sort_keys=True),
         ANNOTATION_THRESHOLDS: json.dumps(thresholds, sort_keys=True),
     })
     model_uri = (md.get("status") or {}).get("modelUri")

@@ -190,3 +190,35 @@ def summarise(report: dict) -> str:
 
 def _counts(counts: dict) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "}"
+
+
+MAX_STATUS_SOURCES = 32
+
+
+def status_summary(report: dict) -> dict:
+    """The report's headline figures as FineTuneJob.status.dataset (wire keys)."""
+    redactions = report.get("redactions") or {}
+    summary = {
+        "rowsIn": int(report.get("rowsIn", 0)),
+        "train": int(report.get("train", 0)),
+        "validation": int(report.get("validation", 0)),
+        "dropped": {k: int(v) for k, v in (report.get("dropped") or {}).items()},
+        "redactedRows": int(redactions.get("rows", 0)),
+        "redactions": {k: int(v) for k, v in (redactions.get("byKind") or {}).items()},
+        "trainTokens": ((report.get("tokens") or {}).get("train") or {}).get("tokens"),
+        "sources": [{"name": s["name"], "rowsRead": int(s.get("rowsRead", 0)), "rowsUsed": int(s.get("rowsUsed", 0)),
+                     "badRows": int(s.get("badRows", 0))} for s in (report.get("sources") or [])[:MAX_STATUS_SOURCES]],
+        "digest": report.get("digest"),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def summary_line(summary: dict) -> str:
+    """One line for a console: rows in, kept, and what was dropped or redacted."""
+    dropped = ", ".join(f"{reason} {n}" for reason, n in (summary.get("dropped") or {}).items() if n)
+    text = (f"{summary.get('rowsIn', 0)} rows in, {summary.get('train', 0)} train, "
+            f"{summary.get('validation', 0)} validation; dropped: {dropped or 'none'}")
+    if summary.get("redactedRows"):
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted((summary.get("redactions") or {}).items()))
+        text += f"; PII redacted in {summary['redactedRows']} rows ({kinds})"
+    return text

@@ -21,7 +21,7 @@ from kubetune.api.finetunejob import ADAPTER_METHODS, MAX_LORA_RANK_ANNOTATION, 
 from kubetune.api.uris import local_path
 from kubetune.common import object_store
 
-from . import methods, model_init
+from . import data_report, methods, model_init
 from .allocator import worker_allocator_env
 from .errors import TrainerConfigError
 from .loop import LoopConfig, LoopResult, forward_tokens_from_env, gpu_options_from_env, train_loop
@@ -350,6 +350,7 @@ def _run(job: FineTuneJob, *, output, local, sink, base_dir, use_ray, cuda, ray_
     model_dir, tokenizer = preflight(job, base_dir=base_dir, cuda=cuda)
     data = prepare_data(job, tokenizer, base_dir=base_dir)
     write_json_atomic(output_dir / "dataset_report.json", data.report)
+    sink.on_result({"dataset": data_report.status_summary(data.report)})
 
     sink.on_phase("Training", f"{len(data.train)} samples on {spec.resources.workers} worker(s), method {spec.method.type}")
     if use_ray and local:  # started once pre-flight passed; it stays up for evaluation and export

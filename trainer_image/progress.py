@@ -153,6 +153,10 @@ class ConsoleSink:
         self._end_bar()
         artifact = status.get("artifact") or {}
         evaluation = status.get("evaluation") or {}
+        if status.get("dataset"):
+            from .data_report import summary_line
+
+            self.stream.write(f"[Data] {summary_line(status['dataset'])}\n")
         if artifact:
             self.stream.write(f"[Result] artifact {artifact.get('kind')} at {artifact.get('uri')}\n")
         if evaluation:

@@ -47,8 +47,12 @@ def object_path(plural: str, namespace: str | None, name: str | None = None, sub
     return path
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str = "") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+             message: str | Callable[[], str] = "") -> T:
     """Poll until `predicate()` returns something truthy; return it or fail with the last value.
+
+    A callable `message` is evaluated at the timeout, so it can show the state then (an
+    f-string argument shows the state when the wait began).
 
     Timeouts are multiplied by KUBETUNE_TEST_TIMEOUT_SCALE (default 3): a passing check returns
     as soon as it holds, so the scale only lengthens failures, and keeps a loaded 2-core CI
@@ -62,7 +66,8 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}; last value: {last!r}")
+    what = message() if callable(message) else message
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last value: {last!r}")
 
 
 class KubeHttp:

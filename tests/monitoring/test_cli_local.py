@@ -151,3 +151,31 @@ def test_negatively_rated_answers_stay_out_of_the_window_and_ratings_are_counted
     outputs = [json.loads(x)["output"] for x in (tmp_path / "w" / "window.jsonl").read_text().splitlines()]
     assert sorted(outputs) == ["4", "Paris", "Rome"] and data.excluded_negative == 1
     assert feedback_figures(records) == {"rated": 3, "positive": 1, "negative": 1, "meanRating": 0.0}
+
+
+def test_rated_answers_to_one_prompt_become_preference_pairs(tmp_path):
+    """+1 beside -1 or flagged, per prompt; redacted, deduplicated, capped; nothing invented."""
+    from kubetune.monitoring.records import Record
+    from kubetune.monitoring.window import MAX_PAIRS_PER_PROMPT, write_window
+
+    recs = [
+        Record("Capital of Spain?", "Madrid.", flagged=False, rating=1),
+        Record("capital of  spain?", "Lisbon.", flagged=False, rating=-1),  # the same prompt, normalised
+        Record("Capital of Spain?", "Lisbon.", flagged=False, rating=-1),  # a duplicate rejection
+        Record("Capital of Spain?", "Ask bob@example.com", flagged=True, rating=None),  # flagged: rejected
+        Record("Capital of Spain?", "Madrid!", flagged=True, rating=1),  # +1 but flagged: not chosen
+        Record("Capital of Italy?", "Paris.", flagged=False, rating=-1),  # no chosen answer: no pair
+        Record("Capital of France?", "Paris.", flagged=False, rating=1),  # no rejected answer: no pair
+        Record("Capital of Peru?", "Lima.", flagged=False, rating=0),
+    ] + [Record("Spam?", f"bad {i}", flagged=False, rating=-1) for i in range(20)] + [
+        Record("Spam?", "good", flagged=False, rating=1)]
+    data = write_window(recs, tmp_path / "w" / "window.jsonl")
+    pairs = [json.loads(x) for x in (tmp_path / "w" / "preferences.jsonl").read_text().splitlines()]
+    spain = [p for p in pairs if p["prompt"] == "Capital of Spain?"]
+    assert spain == [{"prompt": "Capital of Spain?", "chosen": "Madrid.", "rejected": "Lisbon."},
+                     {"prompt": "Capital of Spain?", "chosen": "Madrid.", "rejected": "Ask [EMAIL]"},
+                     {"prompt": "Capital of Spain?", "chosen": "Madrid.", "rejected": "Madrid!"}]
+    assert {p["prompt"] for p in pairs} == {"Capital of Spain?", "Spam?"}
+    assert len([p for p in pairs if p["prompt"] == "Spam?"]) == MAX_PAIRS_PER_PROMPT
+    assert data.preference_pairs == len(pairs) == 3 + MAX_PAIRS_PER_PROMPT
+    assert data.preference_path == tmp_path / "w" / "preferences.jsonl"

@@ -122,7 +122,7 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         significant = [n for n, p in st["monitoring"]["driftPValues"].items()
                        if p <= st["monitoring"]["driftThresholds"][n]]
         assert significant and "prompt.content" in significant
-        assert st["monitoring"]["feedback"] == {"rated": 0, "positive": 0, "negative": 0}
+        assert st["monitoring"]["feedback"] == {"rated": 0, "positive": 0, "negative": 0, "preferencePairs": 0}
         assert cond(st, "Drifted")["status"] == "True"
         assert cond(st, "RetrainingRequested")["status"] == "False"  # drift not yet persistent (2 checks)
         from prometheus_client import REGISTRY
@@ -159,6 +159,43 @@ def test_auto_creates_exactly_one_finetunejob_across_restarts(
         assert cond(st, "RetrainingRequested")["reason"] == "RetrainingInFlight"
     assert len(retraining_jobs(kube_http, namespace)) == 1
     assert len(status(kube_http, namespace)["retrainJobs"]) == 1
+
+
+def test_a_dpo_template_retrains_on_the_rated_pairs_and_waits_while_there_are_none(
+    k8s_emulator, kube_http, kube_client, namespace, cluster_files
+):
+    md = modeldeployment(namespace=namespace, mode="Auto")
+    template = md["spec"]["retraining"]["template"]["spec"]
+    template["objective"] = {"type": "dpo"}
+    template["datasets"] = [{"name": "base", "uri": "pvc://data/pairs.jsonl", "format": "preference"}]
+    kube_http.create("modeldeployments", namespace, md)
+    with OperatorRunner(k8s_emulator.kubeconfig):
+        wait_for(lambda: kube_http.get("cronjobs", namespace, "support-bot-monitor"), 60, message="monitor CronJob")
+        run_monitor(kube_client, namespace, cluster_files, T0)
+        run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=15))
+        # Persistent drift, but no answer was rated: nothing for DPO to learn from.
+        refused = wait_for(lambda: (c := cond(status(kube_http, namespace), "RetrainingRequested"))
+                           and c["reason"] == "NoPreferencePairs" and c, 60, message="NoPreferencePairs")
+        assert refused["status"] == "False" and "objective dpo" in refused["message"]
+        assert retraining_jobs(kube_http, namespace) == []
+
+        # Clients rate two answers to the same prompt, one up and one down: one pair.
+        stamp = rfc3339(T0 + timedelta(minutes=20))
+        rated = [{"id": "r-1", "time": stamp, "prompt": "How do I reset my password?",
+                  "response": "Open Settings, then Security, then Reset.", "feedback": {"rating": 1}},
+                 {"id": "r-2", "time": stamp, "prompt": "How do I reset my password?",
+                  "response": "I cannot help with that.", "feedback": {"rating": -1}}]
+        with (cluster_files / "payloads.jsonl").open("a") as log:
+            log.write("".join(json.dumps(r) + "\n" for r in rated))
+        run_monitor(kube_client, namespace, cluster_files, T0 + timedelta(minutes=30))
+        assert status(kube_http, namespace)["monitoring"]["feedback"]["preferencePairs"] == 1
+        jobs = wait_for(lambda: retraining_jobs(kube_http, namespace), 60, message="retraining FineTuneJob")
+    pairs_source = jobs[0]["spec"]["datasets"][-1]
+    assert pairs_source["format"] == "preference" and pairs_source["uri"].endswith("/preferences.jsonl")
+    wid = jobs[0]["metadata"]["labels"]["kubetune.io/window"]
+    written = [json.loads(x) for x in (cluster_files / "monitoring" / wid / "preferences.jsonl").read_text().splitlines()]
+    assert written == [{"prompt": "How do I reset my password?", "chosen": "Open Settings, then Security, then Reset.",
+                        "rejected": "I cannot help with that."}]
 
 
 def test_suggest_sets_a_condition_and_an_event_but_creates_nothing(

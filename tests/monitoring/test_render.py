@@ -84,7 +84,8 @@ def test_retraining_job_adds_the_window_with_lineage_and_is_valid():
     md = modeldeployment()
     md["status"] = {"modelUri": "pvc://models/support/v1"}
     window = window_from_report_uri("pvc://payload-logs/ml/support-bot/monitoring/0123abcd45/report.html")
-    assert window == Window("0123abcd45", "pvc://payload-logs/ml/support-bot/monitoring/0123abcd45/window.jsonl")
+    assert window == Window("0123abcd45", "pvc://payload-logs/ml/support-bot/monitoring/0123abcd45/window.jsonl",
+                            "pvc://payload-logs/ml/support-bot/monitoring/0123abcd45/preferences.jsonl")
     job = render_retraining_job(md, window, trigger="PersistentDrift", message="drift in 2 consecutive checks")
     parse_finetunejob(job)
     assert job["metadata"]["name"] == retraining_job_name("support-bot", "0123abcd45") == "support-bot-rt-0123abcd45"
@@ -100,6 +101,20 @@ def test_retraining_job_adds_the_window_with_lineage_and_is_valid():
     # Deterministic: rendering again gives the same object (idempotent create).
     assert render_retraining_job(md, window, trigger="PersistentDrift", message="drift in 2 consecutive checks") == job
     assert md["spec"]["retraining"]["template"]["spec"]["datasets"] == [job["spec"]["datasets"][0]]
+
+
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_a_preference_objective_retrains_on_the_windows_rated_pairs(objective):
+    md = modeldeployment()
+    template = md["spec"]["retraining"]["template"]["spec"]
+    template["objective"] = {"type": objective}
+    template["datasets"] = [{"name": "base", "uri": "pvc://data/pairs.jsonl", "format": "preference"}]
+    window = window_from_report_uri("pvc://payload-logs/ml/support-bot/monitoring/0123abcd45/report.html")
+    job = render_retraining_job(md, window, trigger="PersistentDrift", message="m")
+    parse_finetunejob(job)  # an alpaca window beside preference data would be rejected here
+    assert job["spec"]["datasets"][-1] == {"name": "feedback-0123abcd45", "uri": window.preference_uri,
+                                           "format": "preference"}
+    assert json.loads(job["metadata"]["annotations"]["kubetune.io/retraining-window"])["uri"] == window.preference_uri
 
 
 def test_long_names_stay_dns_labels():

@@ -29,7 +29,7 @@ def wait_phase(http: KubeHttp, namespace: str, name: str, phase: str, timeout: f
         status = status_of(http, namespace, name)
         return status if status.get("phase") == phase else None
 
-    return wait_for(check, timeout, message=f"{namespace}/{name} phase {phase} (now {status_of(http, namespace, name).get('phase')})")
+    return wait_for(check, timeout, message=lambda: f"{namespace}/{name} phase {phase} (now {status_of(http, namespace, name).get('phase')})")
 
 
 def wait_condition(http: KubeHttp, namespace: str, name: str, type_: str, status: str, reason: str | None = None,

@@ -355,13 +355,17 @@ def test_name_too_long_for_a_label_is_rejected_without_children(kube_http, names
 
 
 def test_trainer_reports_through_its_sink_and_the_operator_keeps_them(kube_http, kube_client, kuberay, namespace):
-    """The real in-pod status sink writes phase, artifact and evaluation; later operator writes keep them."""
+    """The real in-pod status sink writes dataset, phase, artifact and evaluation; later operator writes keep them."""
     from kubetune.status_writer import FineTuneJobStatusSink
 
     _create(kube_http, namespace)
     kuberay.running("job-train")
     wait_phase(kube_http, namespace, "job", "Training")
     sink = FineTuneJobStatusSink(namespace, "job", api_client=kube_client, min_interval=0)
+    dataset = {"rowsIn": 120, "train": 100, "validation": 10, "dropped": {"duplicateExact": 8, "tooLong": 2},
+               "redactedRows": 3, "redactions": {"EMAIL": 3},
+               "sources": [{"name": "support", "rowsRead": 120, "rowsUsed": 110, "badRows": 0}]}
+    sink.on_result({"dataset": dataset})
     sink.on_progress({"step": 20, "totalSteps": 20, "loss": 0.5})
     sink.on_phase("Evaluating")
     artifact = {"uri": "pvc://models/support-lora", "kind": "adapter", "digest": "sha256:" + "0" * 64}
@@ -377,6 +381,7 @@ def test_trainer_reports_through_its_sink_and_the_operator_keeps_them(kube_http,
     status = wait_phase(kube_http, namespace, "job", "Succeeded")
     assert status["artifact"] == artifact and status["evaluation"] == evaluation
     assert status["progress"]["step"] == 20
+    assert status["dataset"] == dataset
 
 
 def test_refused_child_update_is_reported_and_training_goes_on(k8s_emulator, kube_http, kuberay, namespace):

@@ -110,6 +110,18 @@ def test_each_check_fails_a_canary_that_is_worse_on_it(name, canary, stable):
     assert ca.judge(counts(**stable), counts(**canary), SPEC).verdict == "Pass"
 
 
+def test_an_error_in_the_window_does_not_skip_the_latency_and_safety_checks():
+    # Judged at exactly minRequests: the canary's one 5xx left 19 TTFTs and 19 safety scores.
+    canary = counts(ok=19, errors=1, ttft=[2.0] * 19, scored=19, flagged=0)
+    stable = counts(ok=20, ttft=[0.2] * 20, scored=20, flagged=0)
+    window = ca.judge(canary, stable, SPEC)
+    assert check(window, "ttftP95").result == "Fail"
+    assert check(window, "safetyFlagRatio").result == "Pass"
+    # Below half of minRequests a check has too little to go on, and says so.
+    sparse = ca.judge(counts(ok=20, ttft=[2.0] * 9), stable, SPEC)
+    assert check(sparse, "ttftP95").result == "Skipped" and "9 canary" in check(sparse, "ttftP95").message
+
+
 def test_a_check_needs_both_a_margin_and_significance():
     # 2 errors in 20 is 7.5 points above stable's 2.5%, but at 20 requests that is noise.
     noisy = ca.judge(counts(ok=18, errors=2), counts(ok=1950, errors=50), SPEC)

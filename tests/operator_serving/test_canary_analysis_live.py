@@ -165,7 +165,7 @@ def test_a_good_canary_is_promoted_and_a_worse_one_rolled_back(operator, kube_ht
                            message="the canary's analysis")
         assert running["analysis"]["windowsNeeded"] == 2
         promoted = wait_for(lambda: (c := analysis_condition(http, ns)).get("reason") == "Promoted" and c, 90,
-                            message=f"promotion: {md_status(http, ns)}")
+                            message=lambda: f"promotion: {md_status(http, ns)}")
         assert promoted["status"] == "True" and "2 of 2 windows passed" in promoted["message"]
         wait_for(lambda: served_uris(http, ns) == {"tone": uri["v2"]} and not md_status(http, ns).get("canary"), 30)
         assert events(http, ns, "Promoted")
@@ -174,7 +174,7 @@ def test_a_good_canary_is_promoted_and_a_worse_one_rolled_back(operator, kube_ht
         http.patch("modeldeployments", ns, "chat", {"spec": {"adapters": [{"name": "tone", "uri": uri["v3"]}]}})
         wait_for(lambda: (md_status(http, ns).get("canary") or {}).get("uri") == uri["v3"], 30, message="v3 canary")
         rolled = wait_for(lambda: (c := analysis_condition(http, ns)).get("reason") == "RolledBack" and c, 90,
-                          message=f"rollback: {md_status(http, ns)}")
+                          message=lambda: f"rollback: {md_status(http, ns)}")
         assert rolled["status"] == "False"
         assert "safety flag ratio" in rolled["message"] and f"{uri['v2']} kept" in rolled["message"], rolled
         status = wait_for(lambda: (s := md_status(http, ns)) and not s.get("canary") and s, 30)

@@ -37,4 +37,11 @@ def test_dpo_full_fine_tune_runs_end_to_end_in_process(make_job, tmp_path):
     phases = [e[0] for kind, e in sink.events if kind == "phase"]
     assert phases[0] == "Training" and phases[-2:] == ["Evaluating", "Exporting"]
     assert sink.events[-1][0] == "result" and sink.events[-1][1]["artifact"]["kind"] == "full"
+    # The dataset report reached the sinks (so FineTuneJob.status.dataset) before training began.
+    first_result = next(i for i, (kind, _) in enumerate(sink.events) if kind == "result")
+    dataset = sink.events[first_result][1]["dataset"]
+    assert first_result < next(i for i, (kind, _) in enumerate(sink.events) if kind == "progress")
+    assert (dataset["rowsIn"], dataset["train"], dataset["validation"]) == (12, 9, 3)
+    assert dataset["sources"] == [{"name": "pairs", "rowsRead": 12, "rowsUsed": 12, "badRows": 0}]
+    assert dataset["digest"] == json.loads((out / "dataset_report.json").read_text())["digest"]
     assert [p["step"] for p in sink.progress()] == [1, 2, 3]

@@ -136,3 +136,23 @@ def test_local_ray_workers_silence_the_placement_group_cleaner_warning():
     noisy.setLevel(logging.NOTSET)
     ray_quiet.quiet_ray_train_noise()
     assert not noisy.isEnabledFor(logging.WARNING) and noisy.isEnabledFor(logging.ERROR)
+
+
+def test_the_dataset_report_becomes_a_status_summary_and_a_console_line():
+    from kubetune.trainer.data_report import status_summary, summary_line
+
+    report = {"rowsIn": 50, "train": 40, "validation": 5, "digest": "sha256:ab",
+              "dropped": {"badRow": 1, "duplicateExact": 4, "tooLong": 0},
+              "redactions": {"byKind": {"EMAIL": 2, "PHONE": 1}, "rows": 2, "total": 3, "enabled": True},
+              "tokens": {"train": {"tokens": 4000}},
+              "sources": [{"name": f"s{i}", "uri": "x", "rowsRead": 1, "rowsUsed": 1, "badRows": 0} for i in range(40)]}
+    summary = status_summary(report)
+    assert summary["dropped"] == {"badRow": 1, "duplicateExact": 4, "tooLong": 0}
+    assert (summary["redactedRows"], summary["redactions"], summary["trainTokens"]) == (2, {"EMAIL": 2, "PHONE": 1}, 4000)
+    assert len(summary["sources"]) == 32 and "uri" not in summary["sources"][0]  # the status stays small
+    line = summary_line(summary)
+    assert line == ("50 rows in, 40 train, 5 validation; dropped: badRow 1, duplicateExact 4; "
+                    "PII redacted in 2 rows (EMAIL 2, PHONE 1)")
+    from kubetune.api import FineTuneJobStatus
+
+    FineTuneJobStatus.model_validate({"dataset": summary})  # the CRD's status schema takes it
