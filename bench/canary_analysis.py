@@ -26,16 +26,14 @@ Prints a table and the ratio of false-rollback rates, and writes out/bench/canar
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # bench.*; appended: operator/ must not shadow the stdlib
 
 SCENARIOS = ("same", "errors+5pp", "ttft x2", "itl x2", "safety+10pp", "feedback-0.5")
 STABLE = {"error": 0.01, "ttft": 0.2, "itl": 0.03, "flag": 0.02, "ratings": (0.1, 0.3, 0.6)}
@@ -113,16 +111,6 @@ def wilson(hits: int, n: int) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "commit": commit,
-            "loadAverage": os.getloadavg()[0]}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=300, help="analyses per scenario and size")
@@ -135,9 +123,10 @@ def main() -> int:
     args = parser.parse_args()
     trials = 100 if args.quick else args.trials
 
+    from bench import results as bench_results
     from kubetune.api.modeldeployment import CanaryAnalysis
 
-    started_at = machine()
+    about = bench_results.machine()
     results = []
     print(f"{trials} analyses of {args.windows} windows per cell, alpha {args.alpha}; rollback rate "
           f"(95% Wilson interval); 'same' is the false-rollback rate", flush=True)
@@ -177,13 +166,8 @@ def main() -> int:
         detected = [r["ours"]["rate"] for r in results if r["requests"] == size and r["scenario"] != "same"]
         print(f"{size} requests/window: false rollbacks ours {o:.3f} (goal <= {args.alpha}) vs margin-only {b:.3f}"
               f" ({ratio}); detection ours min {min(detected):.2f}, mean {sum(detected) / len(detected):.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"alpha": args.alpha, "windows": args.windows, "machine": started_at,
-                               "loadAverageAfter": os.getloadavg()[0], "results": results}, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    bench_results.write(args.out, "canary_analysis", about, {"alpha": args.alpha, "windows": args.windows,
+                                                            "trials": trials, "results": results})
     return 0
 
 

@@ -14,7 +14,7 @@ Wasserstein > 0.1 above), its absolute text-content drift (ROC AUC > 0.55) and i
 classifier (ROC AUC > 0.55), drifted when half the signals drift or all content signals of one
 column do.
 
-    .venv/bin/python bench/drift_calibration.py [--trials 200] [--sizes 20 100 1000] [--alpha 0.05]
+    .venv/bin/python bench/drift_calibration.py [--trials 200] [--sizes 20 100 1000] [--alpha 0.05] [--quick]
 
 Prints a table and the ratio of false-alarm rates, and writes out/bench/drift_calibration.json.
 """
@@ -22,7 +22,6 @@ Prints a table and the ratio of false-alarm rates, and writes out/bench/drift_ca
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -123,9 +122,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true", help="skip the fixed-threshold baseline")
     parser.add_argument("--out", default="out/bench/drift_calibration.json")
+    parser.add_argument("--quick", action="store_true", help="make bench sizes: --trials 40 --sizes 20 100")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.sizes = 40, [20, 100]
 
+    sys.path.append(str(Path(__file__).resolve().parent.parent))  # appended: operator/ must not shadow the stdlib
+    from bench import results as bench_results
     from kubetune.monitoring.drift import DriftOptions, compare
+
+    about = bench_results.machine()
     from kubetune.monitoring.records import record_from_row
 
     biggest = max(args.sizes)
@@ -177,12 +183,8 @@ def main() -> int:
               f"{(base['falseAlarmRate'] if base else float('nan')):>24.3f} | {ratio:>6} | "
               f"{ours['detectionRate']:>17.3f} | {(base['detectionRate'] if base else float('nan')):>21.3f} | "
               f"{row['secondsPerCheck']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"alpha": args.alpha, "referenceRows": REFERENCE_ROWS, "results": results}, indent=2))
-    tmp.replace(out)
-    print(f"written {out}")
+    bench_results.write(args.out, "drift_calibration", about,
+                        {"alpha": args.alpha, "referenceRows": REFERENCE_ROWS, "results": results})
     for row in results:
         print(f"goals at {row['rows']} rows: false alarms <= {args.alpha}: "
               f"{'met' if row['ours']['falseAlarmRate'] <= args.alpha else 'MISSED'}"

@@ -197,11 +197,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each; the best is reported")
     parser.add_argument("--encode-texts", type=int, default=256, help="texts embedded for the encode figure")
     parser.add_argument("--quick", action="store_true", help="only the headline figure and the baseline")
+    parser.add_argument("--json", default="out/bench/drift_throughput.json", help="where to write the figures")
     parser.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(MODES[args.child](args.rows)))
         return 0
+    sys.path.append(str(Path(__file__).resolve().parent.parent))  # appended: operator/ must not shadow the stdlib
+    from bench import results as bench_results
+
+    about = bench_results.machine()
 
     def best(mode: str, n: int) -> dict:
         return min((measure(mode, n) for _ in range(args.repeat)), key=lambda r: r["seconds"])
@@ -224,7 +229,7 @@ def main() -> int:
     print(f"sampling in the summary: {json.dumps(ours['sampling'])}")
     if args.quick:
         print(f"load average at end {os.getloadavg()[0]:.2f}")
-        print(json.dumps({"ours": ours, "baseline": base}))
+        bench_results.write(args.json, "drift_throughput", about, {"rows": args.rows, "ours": ours, "baseline": base})
         return 0
     full, html, rescored = best("ours_all_rows", args.rows), best("ours_html", args.rows), best("ours_rescored", args.rows)
     emb, enc = best("embedding", args.rows), best("encode", args.encode_texts)
@@ -236,8 +241,9 @@ def main() -> int:
           f"(score {emb['score']:.3f}, drifted={emb['drifted']}), peak RSS {emb['peak_rss_mb']:.0f} MB")
     print(f"MiniLM encoding on CPU: {enc['texts_per_s']:.0f} texts/s ({args.encode_texts} texts)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    print(json.dumps({"ours": ours, "ours_all_rows": full, "ours_html": html, "ours_rescored": rescored,
-                      "baseline": base, "embedding": emb, "encode": enc}))
+    bench_results.write(args.json, "drift_throughput", about, {
+        "rows": args.rows, "ours": ours, "ours_all_rows": full, "ours_html": html, "ours_rescored": rescored,
+        "baseline": base, "embedding": emb, "encode": enc})
     return 0
 
 

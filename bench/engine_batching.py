@@ -55,7 +55,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="out/bench/engine_batching.json", help="where to write the figures")
     args = parser.parse_args()
+    from bench import results as bench_results
+
+    about = bench_results.machine()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from kubetune.serving.engine_local import LocalEngine
@@ -89,6 +93,10 @@ def main() -> int:
     print(f"  ratio: x{(wall1 - wall0) / (wall2 - wall1):.2f} wall, x{(cpu1 - cpu0) / (cpu2 - cpu1):.2f} CPU; "
           f"identical answers: {'yes' if same else 'NO'}; rows finished alone after a near-tie: "
           f"{engine.regenerated_alone}")
+    bench_results.write(args.json, "engine_batching", about, {
+        "model": str(model), "requests": args.requests, "maxTokens": args.max_tokens, "threads": args.threads,
+        "tokens": tokens, "alone": {"wallSeconds": wall1 - wall0, "cpuSeconds": cpu1 - cpu0},
+        "batched": {"wallSeconds": wall2 - wall1, "cpuSeconds": cpu2 - cpu1}, "identicalAnswers": same})
     return 0 if same else 1
 
 

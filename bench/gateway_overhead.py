@@ -242,7 +242,7 @@ def pinned(cpus: set[int] | None):
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
-def gateway_overhead(args) -> None:
+def gateway_overhead(args) -> dict:
     plan = cpu_plan(args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -339,6 +339,16 @@ def gateway_overhead(args) -> None:
     print(f"added p50 {1e3 * (g['p50'] - d['p50']):.2f} ms (target <= 1 ms), added p99 {1e3 * (g['p99'] - d['p99']):.2f} ms, "
           f"added TTFT p50 {1e3 * (g['ttft50'] - d['ttft50']):.2f} ms; throughput ratio gateway/direct "
           f"{g['rps'] / d['rps']:.3f} (target >= 0.95)")
+    quantiles = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+    whole = {name: sorted(x for r in runs[name] for x in r["latencies"]) for name in runs}
+    return {"settings": {"clients": args.clients, "requests": args.requests, "rounds": args.rounds,
+                         "chunks": args.chunks, "chunkDelayMs": args.chunk_delay_ms, "sampleRate": args.sample_rate,
+                         "gatewayWorkers": args.gateway_workers, "safetyScorer": args.safety_scorer},
+            "direct": d, "gateway": g, "loadAverage": [min(loads), max(loads)],
+            "latencyByQuantile": [{"q": q, "direct": pct(whole["direct"], q), "gateway": pct(whole["gateway"], q)}
+                                  for q in quantiles],
+            "gatewayCpuPerRequestSeconds": per_request, "throughputRatio": g["rps"] / d["rps"],
+            "addedP50Seconds": g["p50"] - d["p50"], "addedP99Seconds": g["p99"] - d["p99"]}
 
 
 # ----------------------------------------------------------------------------- local engine tokens/s
@@ -358,7 +368,7 @@ def find_model(explicit: str | None) -> tuple[Path, str]:
     return build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"), "tiny test model (hidden 64, 2 layers)"
 
 
-def engine_tokens_per_second(args) -> None:
+def engine_tokens_per_second(args) -> dict:
     import torch
 
     from kubetune.serving.engine_local import GenerationJob, LocalEngine
@@ -393,6 +403,8 @@ def engine_tokens_per_second(args) -> None:
     e, p = statistics.median(rates["engine"]), statistics.median(rates["plain"])
     print(f"local engine on {label}: {e:.1f} tokens/s streamed (greedy, {new} new tokens, batch 1, "
           f"{torch.get_num_threads()} threads); plain model.generate {p:.1f} tokens/s; ratio {e / p:.3f}")
+    return {"model": label, "engineTokensPerSecond": e, "plainTokensPerSecond": p, "ratio": e / p,
+            "newTokens": new, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -419,16 +431,26 @@ def main() -> None:
     parser.add_argument("--engine-threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-engine", action="store_true", help="only the gateway overhead")
     parser.add_argument("--skip-gateway", action="store_true", help="only the local engine tokens/s")
+    parser.add_argument("--quick", action="store_true", help="make bench sizes: --clients 32 --requests 5 "
+                                                            "--rounds 1 --engine-runs 1")
+    parser.add_argument("--json", default="out/bench/gateway_overhead.json", help="where to write the figures")
     args = parser.parse_args()
     if args.role == "engine":
         run_fake_engine(args.port, args.chunks, args.chunk_delay_ms)
         return
+    if args.quick:
+        args.clients, args.requests, args.rounds, args.engine_runs = 32, 5, 1, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    sys.path.append(str(REPO))
+    from bench import results as bench_results
+
+    about, report = bench_results.machine(), {}
     if not args.skip_gateway:
-        gateway_overhead(args)
+        report["gateway"] = gateway_overhead(args)
     if not args.skip_engine:
-        engine_tokens_per_second(args)
+        report["engine"] = engine_tokens_per_second(args)
+    bench_results.write(args.json, "gateway_overhead", about, report)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,14 @@ trainable parameters, gradient clipping. By default every transformer block is c
 tokens in samples of random length (log-normal, mean about a quarter of the row) packed into
 rows of --seq-len; every token but the first of a sample carries loss.
 
-What is counted (printed with the result):
+What is counted (printed with the result): model FLOPs per token as bench/flop_count.py
+defines them, k * N + 6 * N_lora + 12 * L * d * s (k = 4 on a frozen base, 6 for full
+fine-tuning), and
 
-    N        = parameters of the base model without the input embedding table (a lookup, no matmul);
-               the LM head counts
-    N_lora   = adapter parameters
-    FLOPs/token (model) = k * N + 6 * N_lora + 12 * L * d * s
-        k = 6 for full fine-tuning (forward 2N, backward activation-grads 2N, weight-grads 2N),
-        k = 4 for a frozen base (forward 2N + activation-grads 2N; frozen weights get no grads)
-        12 * L * d * s = attention scores and weighted values, forward + backward, for a
-        context of s tokens (PaLM convention, causal masking not halved)
     MFU = tokens/s * FLOPs/token / peak FLOP/s   (--peak-tflops, default H100 SXM bf16 dense 989)
 
 Two MFU figures are printed: with s = --seq-len (the packed row, as if it were one sequence:
-the figure the issue's formula gives) and with s = the mean context of a token in its own
+the usual MFU convention) and with s = the mean context of a token in its own
 sample (sum of squared sample lengths / tokens: the attention work that is useful; lower).
 QLoRA's dequantisation is not counted as model FLOPs. Steps are synchronised with
 torch.cuda.synchronize(); the first --warmup steps are not timed.
@@ -61,6 +55,9 @@ PACKAGE_DIRS = {
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 
+sys.path.append(str(REPO))  # appended: the repo's `operator` folder must not shadow the stdlib's
+from bench.flop_count import base_parameters, flops_per_token  # noqa: E402  (the bench's FLOPs, shared)
+
 
 def ensure_kubetune_importable() -> None:
     """Map the package folders as pyproject does, when kubetune is not pip-installed."""
@@ -86,22 +83,6 @@ def model_shape(args) -> dict:
                     intermediate_size=128, vocab_size=512)
     return dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
                 num_key_value_heads=args.kv_heads, intermediate_size=args.intermediate, vocab_size=args.vocab)
-
-
-def base_parameters(shape: dict) -> int:
-    """Parameters of the Llama-shaped base without the input embedding table (from the shape:
-    a 4-bit model's packed tensors would under-count)."""
-    d, inter, vocab = shape["hidden_size"], shape["intermediate_size"], shape["vocab_size"]
-    kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * inter + 2 * d  # q, o; k, v; gate, up, down; 2 norms
-    return shape["num_hidden_layers"] * per_layer + d + vocab * d  # final norm, LM head
-
-
-def flops_per_token(*, base_params: int, lora_params: int, layers: int, hidden: int, context: float,
-                    frozen_base: bool) -> float:
-    """Model FLOPs per trained token (see the module docstring for what is counted)."""
-    k = 4 if frozen_base else 6
-    return k * base_params + 6 * lora_params + 12 * layers * hidden * context
 
 
 def sample_lengths(total_tokens: int, row: int, seed: int) -> list[int]:

@@ -1,26 +1,37 @@
 """LoRA SFT throughput: kubetune's training loop against transformers Trainer and TRL SFTTrainer.
 
-    .venv/bin/python bench/trainer_throughput.py [--model DIR] [--steps 8] [--threads 2]
+    .venv/bin/python bench/trainer_throughput.py [--model DIR | --tiny] [--steps 8] [--threads 2] [--quick]
 
-Three runs on the same model, the same tokenised samples (kubetune's data preparation: chat
-template, loss on answers only), the same LoRA settings (rank 16, all linear layers), batch
-size, optimizer steps, learning rate and threads, each in its own subprocess so peak RSS is
-honest:
+Runs on the same model, the same tokenised samples (kubetune's data preparation: chat template,
+loss on answers only), the same LoRA settings (rank 16, alpha 32, no dropout, all linear
+layers), batch size, optimizer steps, constant learning rate, gradient clipping, threads and
+malloc, each in its own subprocess so peak RSS is honest. Precision is fp32 weights with no
+autocast and gradient checkpointing is off for every run (on for every run with
+`--gradient-checkpointing`):
 
-- ours:  `kubetune.trainer.loop.train_loop` (world size 1), packing without cross-attention,
-         LM head and cross-entropy only where a label counts, forwards of at most 1024 tokens
-         on CPU (`--ours-forward-tokens 0`: the whole micro-batch in one forward);
-         `--ours-batch-size` sets its packed rows per step (match the plain run's tokens per
-         step to compare memory)
-- plain: transformers `Trainer` + peft, dynamic padding, no packing
-- trl:   TRL `SFTTrainer` with `packing=True` (best-fit decreasing, padding-free)
+- ours:          `kubetune.trainer.loop.train_loop` (world size 1), packing without
+                 cross-attention, LM head and cross-entropy only where a label counts, forwards of
+                 at most 1024 tokens on CPU (`--ours-forward-tokens 0`: the whole micro-batch)
+- plain:         transformers `Trainer` + peft, dynamic padding (it has no packing)
+- trl:           TRL `SFTTrainer`, `packing=True` (best-fit decreasing, padding-free), bf16 and
+                 gradient checkpointing off like ours
+- trl-defaults:  TRL `SFTTrainer` with SFTConfig's own defaults for precision, checkpointing and
+                 packing (bf16 autocast, gradient checkpointing, no packing): what a user gets
+                 without tuning it; a second, labelled row, not the comparison
 
-Ours runs on the allocator `kubetune train --local` gives its workers (tcmalloc when installed,
-see trainer_image/allocator.py); the baselines on glibc's unless `--baseline-allocator tcmalloc`.
-Each line names its allocator. Useful tokens are non-padding tokens. The first optimizer step
-(allocator and kernel warm-up) is excluded from the timing. Both wall-clock tokens/s and tokens per CPU-second are printed:
-the second is robust when other processes share the CPU. Without --model the SmolLM2 folder
-from `kubetune models import-gguf` is used when found, else a tiny random model (said so).
+Each run prints its effective settings (dtype, autocast, checkpointing, packing, threads,
+malloc). Every run gets the malloc `kubetune train --local` gives its workers (tcmalloc when
+installed, trainer_image/allocator.py) unless `--baseline-allocator system` puts the baselines
+on glibc's. Useful tokens are non-padding tokens; the first optimizer step (warm-up) is not
+timed. Wall-clock tokens/s and tokens per CPU-second are both printed (the second is robust when
+other processes share the CPU), and beside them the achieved model FLOP/s (bench/flop_count.py:
+4N + 6N_lora + attention per token on a frozen base) as a share of this machine's fp32 matmul
+peak, measured by a torch matmul in the same run.
+
+Without --model the SmolLM2-135M folder the quickstart imports (out/quickstart/base-model, or
+`kubetune models import-gguf --output DIR`) is used; when there is none the bench stops with
+exit 2, unless `--tiny` asks for a tiny random model (whose figures say little about real
+models). Writes out/bench/trainer_throughput.json (`--json` to change) with per-step figures.
 """
 
 from __future__ import annotations
@@ -37,12 +48,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))  # for bench.* and tests.*; appended, so the repo's `operator` folder never shadows the stdlib's
 SMOLLM2_CANDIDATES = [
+    REPO / "out" / "quickstart" / "base-model",
     Path(os.environ.get("KUBETUNE_MODEL_CACHE", "/models")) / "HuggingFaceTB" / "SmolLM2-135M-Instruct",
     REPO / "out" / "models" / "SmolLM2-135M-Instruct",
-    REPO / "out" / "quickstart" / "models" / "SmolLM2-135M-Instruct",
 ]
-RUNNERS = ("ours", "plain", "trl")
+RUNNERS = ("ours", "plain", "trl", "trl-defaults")
+BASELINES = RUNNERS[1:]
+QUICK = {"steps": 4, "batch_size": 4, "max_seq_length": 256, "rows": 200}
+"""`--quick` (make bench): about 5 minutes for all four runs of SmolLM2 on 2 cores."""
 
 # ----------------------------------------------------------------------------- data (ours, deterministic)
 
@@ -140,6 +155,9 @@ class StepClock:
             "tokensPerCpuSecond": tokens / cpu if cpu > 0 else None,
             "losses": self.losses,
             "finalLoss": sum(tail) / len(tail) if tail else None,
+            # per timed step, for plots: tokens/s of each optimizer step after the first
+            "stepTokensPerSecond": [(b - a) / (tb - ta) for a, b, ta, tb in
+                                    zip(self.tokens, self.tokens[1:], self.times, self.times[1:]) if tb > ta],
         }
 
 
@@ -155,13 +173,28 @@ def _count_hook(counter: list[int]):
 
 
 def child_allocator_env(runner: str, baseline_allocator: str) -> dict[str, str]:
-    """The malloc preload of one run: ours gets what local training workers get, the baselines
-    glibc (what a user of them runs on) unless --baseline-allocator tcmalloc."""
+    """The malloc preload of one run: what local training workers get for ours and, with
+    --baseline-allocator same, for the baselines; else glibc's (system) or tcmalloc."""
     from kubetune.trainer.allocator import worker_allocator_env
 
-    if runner == "ours":
+    if runner == "ours" or baseline_allocator == "same":
         return worker_allocator_env(os.environ)
     return worker_allocator_env({"KUBETUNE_ALLOCATOR": baseline_allocator})
+
+
+def allocator_name() -> str:
+    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+
+
+def effective_settings(model, *, autocast: str, checkpointing: bool, packing: str, batch_size: int) -> dict:
+    """What a run really did, read back from the objects that ran it."""
+    import torch
+
+    trained = next((p for p in model.parameters() if p.requires_grad), None)
+    frozen = next((p for p in model.parameters() if not p.requires_grad), trained)
+    return {"weights": str(frozen.dtype).replace("torch.", ""), "adapterWeights": str(trained.dtype).replace("torch.", ""),
+            "autocast": autocast, "gradientCheckpointing": bool(checkpointing), "packing": packing,
+            "batchSize": batch_size, "threads": torch.get_num_threads(), "malloc": allocator_name()}
 
 
 def run_ours(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
@@ -190,10 +223,29 @@ def run_ours(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
         def close(self):
             pass
 
-    loop.train_loop(loop.LoopConfig(spec=spec, model_dir=str(model_dir), train=samples,
-                                    checkpoint_dir=str(work / "ckpt"), pad_id=tokenizer.pad_token_id, sink=Sink(),
-                                    forward_tokens=loop.forward_tokens_from_env(os.environ)))
-    return clock.result()
+    seen: dict = {}
+    from kubetune.trainer import methods
+
+    original = methods.apply_method
+
+    def spy(model, *a, **k):  # the model the loop trains, to read its settings back
+        seen["model"] = original(model, *a, **k)
+        return seen["model"]
+
+    methods.apply_method = spy
+    try:
+        loop.train_loop(loop.LoopConfig(spec=spec, model_dir=str(model_dir), train=samples,
+                                        checkpoint_dir=str(work / "ckpt"), pad_id=tokenizer.pad_token_id, sink=Sink(),
+                                        forward_tokens=loop.forward_tokens_from_env(os.environ)))
+    finally:
+        methods.apply_method = original
+    result = clock.result()
+    hp = spec.hyperparameters
+    result["settings"] = effective_settings(
+        seen["model"], autocast="none" if not getattr(hp, "bf16", False) else "bf16",
+        checkpointing=hp.gradient_checkpointing, packing="kubetune packed rows (no cross-attention)",
+        batch_size=hp.batch_size)
+    return result
 
 
 def _hf_model(model_dir: Path):
@@ -223,7 +275,8 @@ def _callback(clock: StepClock, counter: list[int]):
     return Clock()
 
 
-def _common_args(spec, work: Path) -> dict:
+def _schedule_args(spec, work: Path) -> dict:
+    """What makes two runs the same training: batch, steps, learning rate, clipping, seed."""
     hp = spec.hyperparameters
     return dict(
         output_dir=str(work / "hf"), per_device_train_batch_size=hp.batch_size, max_steps=hp.max_steps,
@@ -231,6 +284,19 @@ def _common_args(spec, work: Path) -> dict:
         weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=hp.seed,
         dataloader_num_workers=0, disable_tqdm=True,
     )
+
+
+def _common_args(spec, work: Path) -> dict:
+    """The schedule plus ours' precision and checkpointing: fp32, no autocast."""
+    return dict(_schedule_args(spec, work), bf16=False, fp16=False,
+                gradient_checkpointing=bool(spec.hyperparameters.gradient_checkpointing))
+
+
+def _hf_settings(trainer, packing: str) -> dict:
+    args = trainer.args
+    autocast = "bf16" if args.bf16 else "fp16" if args.fp16 else "none"
+    return effective_settings(trainer.model, autocast=autocast, checkpointing=args.gradient_checkpointing,
+                              packing=packing, batch_size=args.per_device_train_batch_size)
 
 
 def run_plain(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
@@ -248,10 +314,11 @@ def run_plain(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
         callbacks=[_callback(clock, counter)],
     )
     trainer.train()
-    return clock.result()
+    return {**clock.result(), "settings": _hf_settings(trainer, "none (dynamic padding)")}
 
 
-def run_trl(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
+def run_trl(spec, model_dir: Path, samples, tokenizer, work: Path, *, defaults: bool = False) -> dict:
+    """TRL at ours' settings; `defaults`: at SFTConfig's own precision, checkpointing and packing."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -259,11 +326,15 @@ def run_trl(spec, model_dir: Path, samples, tokenizer, work: Path) -> dict:
     model = _hf_model(model_dir)
     counter, clock = [0], StepClock()
     model.register_forward_pre_hook(_count_hook(counter), with_kwargs=True)
-    config = SFTConfig(**_common_args(spec, work), packing=True, max_length=spec.preprocessing.max_seq_length)
+    if defaults:
+        config = SFTConfig(**_schedule_args(spec, work), max_length=spec.preprocessing.max_seq_length)
+    else:
+        config = SFTConfig(**_common_args(spec, work), packing=True, max_length=spec.preprocessing.max_seq_length)
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          peft_config=_lora_config(), callbacks=[_callback(clock, counter)])
     trainer.train()
-    return clock.result()
+    packing = f"TRL {config.packing_strategy} (padding-free)" if config.packing else "none (padding)"
+    return {**clock.result(), "settings": _hf_settings(trainer, packing)}
 
 
 def child(args) -> int:
@@ -276,10 +347,14 @@ def child(args) -> int:
         args.batch_size = args.ours_batch_size
     spec = job_spec(work / "train.jsonl", Path(args.model), args)
     tokenizer, samples = prepared_samples(spec, Path(args.model))
-    runner = {"ours": run_ours, "plain": run_plain, "trl": run_trl}[args.child]
+    runner = {"ours": run_ours, "plain": run_plain, "trl": run_trl,
+              "trl-defaults": lambda *a: run_trl(*a, defaults=True)}[args.child]
     result = runner(spec, Path(args.model), samples, tokenizer, work / args.child)
     result["peakRssMiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["samples"] = len(samples)
+    from bench.flop_count import mean_context
+
+    result["meanContext"] = mean_context([len(x.input_ids) for x in samples])
     Path(args.result).write_text(json.dumps(result))
     return 0
 
@@ -287,30 +362,59 @@ def child(args) -> int:
 # ----------------------------------------------------------------------------- orchestration
 
 
-def pick_model(explicit: str | None, work: Path) -> tuple[Path, str]:
+class NoModel(RuntimeError):
+    """Neither --model nor the quickstart's SmolLM2 folder, and no --tiny."""
+
+
+def pick_model(explicit: str | None, work: Path, tiny: bool) -> tuple[Path, str]:
     if explicit:
+        if not (Path(explicit) / "config.json").is_file():
+            raise NoModel(f"--model {explicit}: not a Hugging Face model folder (no config.json)")
         return Path(explicit), Path(explicit).name
+    if tiny:
+        from tests.fixtures.tiny_model import build_tiny_model
+
+        print("--tiny: a tiny random model, whose figures say little about real models", flush=True)
+        return build_tiny_model(work / "tiny-model"), "tiny random Llama (hidden 64, 2 layers)"
     for candidate in SMOLLM2_CANDIDATES:
         if (candidate / "config.json").is_file():
             return candidate, "SmolLM2-135M-Instruct"
-    sys.path.insert(0, str(REPO))
-    from tests.fixtures.tiny_model import build_tiny_model
+    raise NoModel("no model to measure: none of " + ", ".join(str(c) for c in SMOLLM2_CANDIDATES)
+                  + " has a config.json. Import SmolLM2 with `.venv/bin/kubetune models import-gguf --output "
+                  "out/quickstart/base-model` (or run `make demo`), pass --model DIR, or ask for --tiny")
 
-    print("SmolLM2 folder not found (run `kubetune models import-gguf --output DIR` and pass --model DIR): "
-          "using a tiny random model, whose figures say little about real models", flush=True)
-    return build_tiny_model(work / "tiny-model"), "tiny random Llama (hidden 64, 2 layers)"
+
+def model_flops(model_dir: Path, mean_ctx: float) -> float:
+    """Model FLOPs per trained token for LoRA r16 on every linear layer of a frozen base."""
+    from transformers import AutoConfig
+
+    from bench.flop_count import base_parameters, flops_per_token, lora_parameters, shape_of
+
+    shape = shape_of(AutoConfig.from_pretrained(model_dir))
+    return flops_per_token(base_params=base_parameters(shape), lora_params=lora_parameters(shape, 16),
+                           layers=shape["num_hidden_layers"], hidden=shape["hidden_size"], context=mean_ctx,
+                           frozen_base=True)
+
+
+def settings_text(s: dict) -> str:
+    return (f"weights {s['weights']} (adapter {s['adapterWeights']}), autocast {s['autocast']}, "
+            f"checkpointing {'on' if s['gradientCheckpointing'] else 'off'}, packing: {s['packing']}, "
+            f"batch {s['batchSize']}, {s['threads']} threads, malloc {s['malloc']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="HF model folder (default: imported SmolLM2, else a tiny model)")
+    parser.add_argument("--model", help="HF model folder (default: the quickstart's SmolLM2 import)")
+    parser.add_argument("--tiny", action="store_true", help="without --model and SmolLM2: a tiny random model")
+    parser.add_argument("--quick", action="store_true",
+                        help="make bench sizes: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()))
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run (first one untimed)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--rows", type=int, default=600, help="training rows generated")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
     parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="ours with hyperparameters.gradientCheckpointing (TRL's SFTConfig has it on by default)")
+                        help="gradient checkpointing on in ours, plain and trl (trl-defaults has it on anyway)")
     parser.add_argument("--ours-batch-size", type=int,
                         help="packed rows per step for ours (default --batch-size); pick it so that ours' tokens "
                              "per step match the plain run's when comparing memory")
@@ -318,14 +422,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="most tokens in one of ours' forwards (KUBETUNE_FORWARD_TOKENS: auto = 1024 on CPU, "
                              "0 = the whole micro-batch at once)")
     parser.add_argument("--only", nargs="+", choices=RUNNERS, default=list(RUNNERS))
-    parser.add_argument("--baseline-allocator", choices=("system", "tcmalloc"), default="system",
-                        help="malloc of the plain and trl runs (ours uses what `kubetune train --local` gives its "
-                             "workers: tcmalloc when installed, KUBETUNE_ALLOCATOR=system for glibc)")
-    parser.add_argument("--json", help="also write all figures to this file")
+    parser.add_argument("--baseline-allocator", choices=("same", "system", "tcmalloc"), default="same",
+                        help="malloc of the baselines: the same as ours (default; what `kubetune train --local` "
+                             "gives its workers), glibc's, or tcmalloc")
+    parser.add_argument("--json", default="out/bench/trainer_throughput.json", help="where to write all figures")
     parser.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
     for var, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                        "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
                        # idle OpenMP threads sleep instead of spinning: on a shared machine spinning
@@ -343,15 +450,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--ours-forward-tokens: {exc}")
     budget = f"auto ({loop.FORWARD_TOKENS_CPU} on CPU)" if requested is None else requested
 
+    from bench import results as bench_results
+    from bench.flop_count import matmul_peak_flops
+
     with tempfile.TemporaryDirectory(prefix="kt-bench-") as tmp:
         work = Path(tmp)
-        model_dir, model_name = pick_model(args.model, work)
+        try:
+            model_dir, model_name = pick_model(args.model, work, args.tiny)
+        except NoModel as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         with open(work / "train.jsonl", "w") as f:
             for row in make_rows(args.rows, seed=7):
                 f.write(json.dumps(row) + "\n")
+        about = bench_results.machine()
+        peak = matmul_peak_flops(args.threads)
         print(f"model: {model_name} ({model_dir}); {args.steps} steps of batch {args.batch_size}, "
               f"maxSeqLength {args.max_seq_length}, {args.threads} threads, LoRA r16 all-linear; ours' forwards hold "
               f"at most {budget} tokens (KUBETUNE_FORWARD_TOKENS)", flush=True)
+        print(f"machine: {about['cpu']}, {about['cores']} cores, load average {about['loadAverageBefore']}; "
+              f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s ({args.threads} threads, measured now); "
+              f"commit {about['commit']}", flush=True)
         results = {}
         for name in args.only:
             out = work / f"{name}.json"
@@ -369,24 +488,34 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 print(f"{name}: FAILED (exit {proc.returncode})\n{proc.stderr[-3000:]}", file=sys.stderr)
                 return 1
-            results[name] = json.loads(out.read_text())
-            r = results[name]
-            print(f"{name:6s} {r['tokensPerSecond']:9.1f} tok/s  {r['tokensPerCpuSecond'] or 0:9.1f} tok/cpu-s  "
-                  f"peak RSS {r['peakRssMiB']:7.0f} MiB  {r['tokensPerStep']:6.0f} tok/step  final loss {r['finalLoss']:.4f}  "
-                  f"({r['timedTokens']} tokens in {r['wallSeconds']:.1f}s; run {time.perf_counter() - t0:.0f}s; "
-                  f"malloc: {'tcmalloc' if 'tcmalloc' in env.get('LD_PRELOAD', '') else 'glibc'})",
-                  flush=True)
+            r = results[name] = json.loads(out.read_text())
+            r["flopsPerToken"] = model_flops(model_dir, r["meanContext"])
+            r["achievedFlops"] = r["tokensPerSecond"] * r["flopsPerToken"]
+            r["shareOfMatmulPeak"] = r["achievedFlops"] / peak
+            print(f"{name:12s} {r['tokensPerSecond']:8.1f} tok/s  {r['tokensPerCpuSecond'] or 0:8.1f} tok/cpu-s  "
+                  f"peak RSS {r['peakRssMiB']:6.0f} MiB  {r['tokensPerStep']:6.0f} tok/step  "
+                  f"final loss {r['finalLoss']:.4f}  {r['achievedFlops'] / 1e9:6.2f} GFLOP/s = "
+                  f"{100 * r['shareOfMatmulPeak']:.1f}% of peak  ({r['timedTokens']} tokens in "
+                  f"{r['wallSeconds']:.1f}s; run {time.perf_counter() - t0:.0f}s)", flush=True)
+            print(f"{'':12s} {settings_text(r['settings'])}", flush=True)
+        ratios = {}
         if "ours" in results:
             ours = results["ours"]
-            for base in ("plain", "trl"):
+            for base in BASELINES:
                 if base in results:
                     b = results[base]
-                    print(f"ours / {base}: {ours['tokensPerSecond'] / b['tokensPerSecond']:.2f}x tokens/s, "
-                          f"{(ours['tokensPerCpuSecond'] or 0) / (b['tokensPerCpuSecond'] or 1):.2f}x tokens/cpu-s, "
-                          f"{ours['peakRssMiB'] / b['peakRssMiB']:.2f}x peak RSS, "
+                    ratios[base] = {"tokensPerSecond": ours["tokensPerSecond"] / b["tokensPerSecond"],
+                                    "tokensPerCpuSecond": (ours["tokensPerCpuSecond"] or 0) / (b["tokensPerCpuSecond"] or 1),
+                                    "peakRss": ours["peakRssMiB"] / b["peakRssMiB"]}
+                    label = " (TRL's own defaults, not equal settings)" if base == "trl-defaults" else ""
+                    print(f"ours / {base}{label}: {ratios[base]['tokensPerSecond']:.2f}x tokens/s, "
+                          f"{ratios[base]['tokensPerCpuSecond']:.2f}x tokens/cpu-s, "
+                          f"{ratios[base]['peakRss']:.2f}x peak RSS, "
                           f"final loss {ours['finalLoss']:.4f} vs {b['finalLoss']:.4f}")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"model": model_name, "args": vars(args), "results": results}, indent=2))
+        bench_results.write(args.json, "trainer_throughput", about, {
+            "model": model_name, "matmulPeakFlops": peak,
+            "args": {k: v for k, v in vars(args).items() if k not in ("child", "work", "result")},
+            "results": results, "ratios": ratios})
     return 0
 
 

@@ -12,27 +12,25 @@ import importlib
 import sys
 from typing import Callable
 
-# (module with `register(subparsers)`, subcommands it provides, issue that builds it)
-COMPONENTS: list[tuple[str, tuple[str, ...], int]] = [
-    ("kubetune.api_cli", ("validate", "crds", "version"), 2),
-    ("kubetune.trainer.cli_prepare", ("prepare",), 6),
-    ("kubetune.trainer.cli_train", ("train",), 6),
-    ("kubetune.trainer.cli_models", ("models",), 6),
-    ("kubetune.operator.cli", ("operator",), 3),
-    ("kubetune.serving.cli", ("serve",), 4),
-    ("kubetune.monitoring.cli", ("monitor",), 7),
-    ("kubetune.quickstart", ("quickstart",), 5),
-    ("kubetune.fetch", ("fetch",), 4),
+# (module with `register(subparsers)`, subcommands it provides, the pip extra that installs it)
+COMPONENTS: list[tuple[str, tuple[str, ...], str]] = [
+    ("kubetune.api_cli", ("validate", "crds", "version"), ""),
+    ("kubetune.trainer.cli_prepare", ("prepare",), "trainer"),
+    ("kubetune.trainer.cli_train", ("train",), "trainer"),
+    ("kubetune.trainer.cli_models", ("models",), "trainer"),
+    ("kubetune.operator.cli", ("operator",), "operator"),
+    ("kubetune.serving.cli", ("serve",), "serving"),
+    ("kubetune.monitoring.cli", ("monitor",), "monitoring"),
+    ("kubetune.quickstart", ("quickstart",), "dev"),
+    ("kubetune.fetch", ("fetch",), "trainer"),
 ]
 
 
-def _placeholder(name: str, issue: int) -> Callable[[argparse.Namespace], int]:
+def _unavailable(name: str, extra: str, reason: str | None) -> Callable[[argparse.Namespace], int]:
     def run(_: argparse.Namespace) -> int:
-        print(
-            f"kubetune {name}: not available in this build (its component, issue #{issue}, "
-            "is not installed or not finished)",
-            file=sys.stderr,
-        )
+        install = f"pip install 'kubetune[{extra}]'" if extra else "reinstall kubetune"
+        print(f"kubetune {name}: not available in this build ({reason or 'its component is not installed'}; "
+              f"{install})", file=sys.stderr)
         return 2
 
     return run
@@ -44,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune LLMs on Kubernetes, serve them, and keep them healthy.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name, names, issue in COMPONENTS:
+    for module_name, names, extra in COMPONENTS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -55,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                 reason = None
             for name in names:
                 sub = subparsers.add_parser(name, help=f"(unavailable{': ' + reason if reason else ''})")
-                sub.set_defaults(func=_placeholder(name, issue))
+                sub.set_defaults(func=_unavailable(name, extra, reason))
             continue
         module.register(subparsers)
     return parser

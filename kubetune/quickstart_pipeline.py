@@ -213,6 +213,8 @@ class QuickstartPipeline:
             raise StepFailed("train", f"training finished but wrote no {manifest_path}")
         self.manifest = json.loads(manifest_path.read_text())
         self.results["files"]["artifact"] = str(self.artifact)
+        if (self.artifact / "progress.svg").is_file():
+            self.results["files"]["training plot (loss, learning rate, tokens/s)"] = str(self.artifact / "progress.svg")
         steps = self.manifest.get("config", {}).get("hyperparameters", {}).get("maxSteps")
         return f"LoRA adapter in {self.artifact / 'adapter'} ({steps} steps)"
 

@@ -89,7 +89,7 @@ def run_logged(step: str, argv: list[str], log_path: Path, *, echo=None, cwd: Pa
             tail.append(line)
     if code != 0:
         if UNAVAILABLE_MARK in output:
-            message = f"`{shlex.join(argv[2:])}` is not available in this build (its component is not installed or not finished)"
+            message = f"`{shlex.join(argv[2:])}` is not available in this build (its component is not installed)"
         else:
             message = f"`{shlex.join(argv[2:] if argv[1:2] == ['-m'] else argv)}` exited with code {code}"
         raise StepFailed(step, message, log=log_path, tail="\n".join(tail))

@@ -3,7 +3,7 @@
 The whole artifact is built in a hidden sibling of the output folder and then swapped into
 place with one atomic rename (Linux `renameat2(RENAME_EXCHANGE)`, two renames elsewhere). A
 failure at any point leaves the previous artifact untouched; `checkpoints/` and
-`progress.jsonl` of the output folder are carried over, never lost.
+`progress.jsonl` (and its plot, progress.svg) of the output folder are carried over, never lost.
 
 Adapters are written in the PEFT format vLLM loads: adapter_config.json +
 adapter_model.safetensors, no `modules_to_save` unless the vocabulary changed (vLLM rejects
@@ -29,7 +29,7 @@ from kubetune.api.finetunejob import ADAPTER_METHODS
 from .manifest import MANIFEST_FILE, build_manifest, dir_digest, weights_digest
 from .model_card import render_model_card
 
-KEEP_FROM_PREVIOUS = ("checkpoints", "progress.jsonl")
+KEEP_FROM_PREVIOUS = ("checkpoints", "progress.jsonl", "progress.svg")
 """Entries of an existing output folder that survive a re-export (written by training)."""
 
 

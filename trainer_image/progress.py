@@ -196,6 +196,12 @@ class JsonLinesSink:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+        try:  # progress.svg for a person; a plot that fails must not fail the run
+            from .progress_plot import write_plot
+
+            write_plot(self.path, title=f"training progress ({self.path.parent.name})")
+        except (OSError, ValueError) as exc:
+            log.warning("could not write the progress plot beside %s: %s", self.path, exc)
 
 
 class FanOutSink:

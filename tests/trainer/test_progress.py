@@ -156,3 +156,33 @@ def test_the_dataset_report_becomes_a_status_summary_and_a_console_line():
     from kubetune.api import FineTuneJobStatus
 
     FineTuneJobStatus.model_validate({"dataset": summary})  # the CRD's status schema takes it
+
+
+def test_closing_the_json_lines_sink_plots_loss_learning_rate_and_tokens_per_second(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    path = tmp_path / "progress.jsonl"
+    sink = progress.JsonLinesSink(path)
+    for step, loss in ((1, 2.0), (2, 1.5), (3, 1.0)):
+        sink.on_progress(progress.make_progress(step=step, total_steps=3, epoch=step / 3, loss=loss,
+                                                learning_rate=1e-4, tokens_per_second=100.0 * step, eta_seconds=0))
+    sink.close()
+    with path.open("a") as f:  # a resumed run repeats step 3 (the last report wins) after a cut line
+        f.write('{"event": "progress", "st\n')
+        f.write(json.dumps({"event": "progress", **progress.make_progress(
+            step=3, total_steps=3, epoch=1, loss=0.5, learning_rate=1e-4, tokens_per_second=300.0, eta_seconds=0)}) + "\n")
+    from kubetune.trainer.progress_plot import per_step, write_plot
+
+    assert per_step(path.read_text().splitlines())[3]["loss"] == 0.5
+    svg = write_plot(path)
+    assert svg == tmp_path / "progress.svg"
+    root = ET.fromstring(svg.read_text())  # well-formed SVG
+    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 3 and all(len(p.get("points").split()) == 3 for p in lines)
+    loss_y = [float(xy.split(",")[1]) for xy in lines[0].get("points").split()]
+    assert loss_y[0] < loss_y[1] < loss_y[2]  # falling loss is drawn falling (SVG y grows downwards)
+    assert "training loss" in svg.read_text() and "step 1" in svg.read_text() and "step 3" in svg.read_text()
+    empty = tmp_path / "empty" / "progress.jsonl"
+    empty.parent.mkdir()
+    empty.write_text('{"event": "phase", "phase": "Training"}\n')
+    assert write_plot(empty) is None and not (empty.parent / "progress.svg").exists()
