@@ -101,16 +101,6 @@ def analyse(rng: np.random.Generator, scenario: str, n: int, specs: dict) -> dic
     return out
 
 
-def wilson(hits: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    z = 1.96
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=300, help="analyses per scenario and size")
@@ -124,6 +114,7 @@ def main() -> int:
     trials = 100 if args.quick else args.trials
 
     from bench import results as bench_results
+    from bench.results import wilson
     from kubetune.api.modeldeployment import CanaryAnalysis
 
     about = bench_results.machine()

@@ -22,7 +22,6 @@ Prints a table and the ratio of false-alarm rates, and writes out/bench/drift_ca
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import sys
@@ -104,16 +103,6 @@ def legacy_verdict(run, ref_vec: dict, cur_vec: dict) -> bool:
     return share >= 0.5 or topic
 
 
-def wilson(hits: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    z = 1.96
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -129,6 +118,7 @@ def main() -> int:
 
     sys.path.append(str(Path(__file__).resolve().parent.parent))  # appended: operator/ must not shadow the stdlib
     from bench import results as bench_results
+    from bench.results import wilson
     from kubetune.monitoring.drift import DriftOptions, compare
 
     about = bench_results.machine()

@@ -7,6 +7,7 @@ and `machine` (cores, CPU model, load average before and after, library versions
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,3 +66,14 @@ def write(path: str | Path, bench: str, about: dict[str, Any], figures: dict[str
     os.replace(staged, target)
     print(f"wrote {target}", flush=True)
     return target
+
+
+def wilson(hits: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a rate measured as hits out of n trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    z = 1.96
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

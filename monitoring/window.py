@@ -85,12 +85,12 @@ def preference_rows(records: Sequence[Record], verdicts: Sequence[bool]) -> list
     chosen one (+1, not flagged), chosen answers taken in turn; in the order prompts first appear."""
     by_prompt: dict[str, tuple[str, list[str], list[str]]] = {}
     for record, bad in zip(records, verdicts):
-        prompt, response = redact(record.prompt).text.strip(), redact(record.response).text.strip()
-        if not prompt or not response:
-            continue
         good = record.rating is not None and record.rating > 0 and not bad
         worse = bad or (record.rating is not None and record.rating < 0)
         if not (good or worse):
+            continue  # before redacting: most answers are unrated
+        prompt, response = redact(record.prompt).text.strip(), redact(record.response).text.strip()
+        if not prompt or not response:
             continue
         _, chosen, rejected = by_prompt.setdefault(_SPACE.sub(" ", prompt.lower()), (prompt, [], []))
         side = chosen if good else rejected
